@@ -1,0 +1,1 @@
+//! Network policy types and their validation (owned by netctl work).

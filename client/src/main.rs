@@ -1,1 +1,156 @@
-fn main() {}
+//! `sbx`: reach a sandbox's agent from your machine.
+
+mod credentials;
+mod http;
+mod target;
+mod tunnel;
+
+use std::io::IsTerminal as _;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::credentials::Credentials;
+use crate::target::AgentUrl;
+
+#[derive(Debug, Parser)]
+#[command(name = "sbx", version, about = "Client for sandbox agents")]
+struct Cli {
+    /// Log more (repeat for more detail).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Forward a local TCP port to a port inside the sandbox.
+    Tunnel(TunnelArgs),
+    /// Print a forwarded-auth token, as the sandbox proxy would mint it.
+    MintToken {
+        #[arg(long)]
+        key_file: PathBuf,
+        #[arg(long)]
+        sandbox_id: String,
+        /// Seconds the token stays valid.
+        #[arg(long, default_value_t = 300)]
+        ttl: u64,
+    },
+}
+
+#[derive(Debug, Args)]
+struct TunnelArgs {
+    /// Agent base URL, e.g. http://127.0.0.1:9501
+    agent_url: String,
+    /// Port inside the sandbox (1-65535).
+    #[arg(value_parser = clap::value_parser!(u16).range(1..))]
+    remote_port: u16,
+    /// Local port to listen on [default: the remote port]; 0 picks a free one.
+    #[arg(short, long)]
+    listen: Option<u16>,
+    /// Local address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: IpAddr,
+    #[command(flatten)]
+    auth: AuthArgs,
+}
+
+#[derive(Debug, Args)]
+struct AuthArgs {
+    /// Direct bearer token (the agent's opt-in direct mode).
+    #[arg(
+        long,
+        env = "SBX_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    token: Option<String>,
+    /// File holding the direct bearer token.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Forwarded-auth key file (64 hex characters), to mint tokens as the proxy does.
+    #[arg(long, conflicts_with_all = ["token", "token_file"], requires = "sandbox_id")]
+    key_file: Option<PathBuf>,
+    /// Sandbox id the forwarded-auth tokens are minted for.
+    #[arg(long)]
+    sandbox_id: Option<String>,
+    /// Lifetime of each minted forwarded-auth token, in seconds.
+    #[arg(long, default_value_t = 300)]
+    token_ttl: u64,
+}
+
+impl AuthArgs {
+    fn credentials(self) -> Result<Credentials, credentials::CredentialsError> {
+        Credentials::from_args(
+            self.token,
+            self.token_file.as_deref(),
+            self.key_file.as_deref(),
+            self.sandbox_id,
+            self.token_ttl,
+        )
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("sbx: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::MintToken {
+            key_file,
+            sandbox_id,
+            ttl,
+        } => {
+            let creds = Credentials::from_args(None, None, Some(&key_file), Some(sandbox_id), ttl)?;
+            let line = creds.header_line();
+            let token = line
+                .split_once(": ")
+                .map(|(_, t)| t.trim_end())
+                .unwrap_or_default();
+            println!("{token}");
+            Ok(())
+        }
+        Command::Tunnel(args) => {
+            let agent = AgentUrl::parse(&args.agent_url)?;
+            let opts = tunnel::TunnelOptions {
+                agent,
+                remote_port: args.remote_port,
+                bind: args.bind,
+                listen_port: args.listen.unwrap_or(args.remote_port),
+                credentials: args.auth.credentials()?,
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(tunnel::run(opts))?;
+            Ok(())
+        }
+    }
+}

@@ -167,16 +167,37 @@ mod tests {
     #[test]
     fn refuses_wrong_sandbox_expired_and_garbage() {
         let token = key().mint("sbx-1", 2_000);
-        assert_eq!(key().verify(&token, "sbx-2", 1_000, 30), Err(TokenError::BadSignature));
-        assert_eq!(key().verify(&token, "sbx-1", 2_031, 30), Err(TokenError::Expired));
+        assert_eq!(
+            key().verify(&token, "sbx-2", 1_000, 30),
+            Err(TokenError::BadSignature)
+        );
+        assert_eq!(
+            key().verify(&token, "sbx-1", 2_031, 30),
+            Err(TokenError::Expired)
+        );
         let other = ForwardedAuthKey::from_bytes([7; 32]);
-        assert_eq!(other.verify(&token, "sbx-1", 1_000, 30), Err(TokenError::BadSignature));
-        for bad in ["", "v1", "v1.", "v1.1.", "v2.2000.abc", "v1.-1.abc", "v1.x.abc", "v1.2000.***"] {
+        assert_eq!(
+            other.verify(&token, "sbx-1", 1_000, 30),
+            Err(TokenError::BadSignature)
+        );
+        for bad in [
+            "",
+            "v1",
+            "v1.",
+            "v1.1.",
+            "v2.2000.abc",
+            "v1.-1.abc",
+            "v1.x.abc",
+            "v1.2000.***",
+        ] {
             assert!(key().verify(bad, "sbx-1", 1_000, 30).is_err(), "{bad}");
         }
         // Tampered expiry.
         let forged = token.replacen("2000", "9000", 1);
-        assert_eq!(key().verify(&forged, "sbx-1", 1_000, 30), Err(TokenError::BadSignature));
+        assert_eq!(
+            key().verify(&forged, "sbx-1", 1_000, 30),
+            Err(TokenError::BadSignature)
+        );
     }
 
     #[test]
@@ -190,7 +211,9 @@ mod tests {
             ForwardedAuthKey::from_hex_file_content(&"zz".repeat(32)).unwrap_err(),
             KeyError::NotHex
         );
-        assert!(ForwardedAuthKey::from_hex_file_content(&format!("{}\n\n", "00".repeat(32))).is_err());
+        assert!(
+            ForwardedAuthKey::from_hex_file_content(&format!("{}\n\n", "00".repeat(32))).is_err()
+        );
     }
 
     #[test]

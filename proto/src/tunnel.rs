@@ -101,13 +101,37 @@ mod tests {
         assert_eq!(parse_port_query(None), Err(PortError::Missing));
         assert_eq!(parse_port_query(Some("")), Err(PortError::Missing));
         assert_eq!(parse_port_query(Some("prt=1")), Err(PortError::Missing));
-        assert!(matches!(parse_port_query(Some("port=")), Err(PortError::NotANumber(_))));
-        assert!(matches!(parse_port_query(Some("port=abc")), Err(PortError::NotANumber(_))));
-        assert!(matches!(parse_port_query(Some("port=-1")), Err(PortError::NotANumber(_))));
-        assert!(matches!(parse_port_query(Some("port=+80")), Err(PortError::NotANumber(_))));
-        assert!(matches!(parse_port_query(Some("port=0")), Err(PortError::OutOfRange(_))));
-        assert!(matches!(parse_port_query(Some("port=65536")), Err(PortError::OutOfRange(_))));
-        assert!(matches!(parse_port_query(Some("port=99999999999")), Err(PortError::NotANumber(_))));
-        assert_eq!(parse_port_query(Some("port=1&port=2")), Err(PortError::Repeated));
+        assert!(matches!(
+            parse_port_query(Some("port=")),
+            Err(PortError::NotANumber(_))
+        ));
+        assert!(matches!(
+            parse_port_query(Some("port=abc")),
+            Err(PortError::NotANumber(_))
+        ));
+        assert!(matches!(
+            parse_port_query(Some("port=-1")),
+            Err(PortError::NotANumber(_))
+        ));
+        assert!(matches!(
+            parse_port_query(Some("port=+80")),
+            Err(PortError::NotANumber(_))
+        ));
+        assert!(matches!(
+            parse_port_query(Some("port=0")),
+            Err(PortError::OutOfRange(_))
+        ));
+        assert!(matches!(
+            parse_port_query(Some("port=65536")),
+            Err(PortError::OutOfRange(_))
+        ));
+        assert!(matches!(
+            parse_port_query(Some("port=99999999999")),
+            Err(PortError::NotANumber(_))
+        ));
+        assert_eq!(
+            parse_port_query(Some("port=1&port=2")),
+            Err(PortError::Repeated)
+        );
     }
 }

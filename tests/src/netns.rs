@@ -60,7 +60,10 @@ pub fn require_netns() -> bool {
         return true;
     }
     let in_ci = std::env::var("CI").map(|v| v == "true").unwrap_or(false);
-    assert!(!in_ci, "CI=true but network namespaces cannot be created (need root)");
+    assert!(
+        !in_ci,
+        "CI=true but network namespaces cannot be created (need root)"
+    );
     eprintln!("skipping: network namespaces need root (set CI=true to make this fatal)");
     false
 }
@@ -126,7 +129,17 @@ pub fn link(a: &Netns, a_addrs: &[&str], b: &Netns, b_addrs: &[&str]) -> (String
     let a_if = unique_name("va");
     let b_if = unique_name("vb");
     ip(&[
-        "link", "add", &a_if, "netns", a.name(), "type", "veth", "peer", "name", &b_if, "netns",
+        "link",
+        "add",
+        &a_if,
+        "netns",
+        a.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &b_if,
+        "netns",
         b.name(),
     ]);
     for (ns, ifname, addrs) in [(a, &a_if, a_addrs), (b, &b_if, b_addrs)] {

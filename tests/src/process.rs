@@ -99,5 +99,7 @@ impl Drop for ChildGuard {
 
 /// Convenience for spawning with piped stdout and inherited stderr.
 pub fn piped(cmd: &mut Command) -> &mut Command {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit())
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
 }

@@ -1,0 +1,34 @@
+//! State shared by the request handlers.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{watch, Semaphore};
+
+use crate::config::Config;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub started: Instant,
+    /// One permit per open tunnel; also how shutdown waits for them.
+    pub tunnels: Arc<Semaphore>,
+    /// Flips to true when the agent starts shutting down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl AppState {
+    pub fn new(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Self {
+        Self {
+            tunnels: Arc::new(Semaphore::new(config.max_tunnels)),
+            config,
+            started: Instant::now(),
+            shutdown,
+        }
+    }
+
+    /// Number of tunnels open now.
+    pub fn open_tunnels(&self) -> usize {
+        self.config.max_tunnels - self.tunnels.available_permits()
+    }
+}

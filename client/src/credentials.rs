@@ -1,0 +1,96 @@
+//! How the client proves itself to the agent: a direct bearer token, or a
+//! forwarded-auth token minted from the shared key as the proxy would.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sbx_proto::auth::{ForwardedAuthKey, FORWARDED_AUTH_HEADER};
+
+#[derive(Debug, Clone)]
+pub enum Credentials {
+    Bearer(String),
+    Forwarded {
+        key: ForwardedAuthKey,
+        sandbox_id: String,
+        ttl_secs: u64,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("key file {path}: {source}")]
+    Key {
+        path: String,
+        source: sbx_proto::auth::KeyError,
+    },
+    #[error("give either --token/--token-file, or --key-file with --sandbox-id")]
+    Missing,
+    #[error("--key-file needs --sandbox-id")]
+    NoSandboxId,
+    #[error("token must be visible ASCII without spaces")]
+    BadToken,
+}
+
+impl Credentials {
+    pub fn from_args(
+        token: Option<String>,
+        token_file: Option<&Path>,
+        key_file: Option<&Path>,
+        sandbox_id: Option<String>,
+        ttl_secs: u64,
+    ) -> Result<Self, CredentialsError> {
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).map_err(|source| CredentialsError::Read {
+                path: path.display().to_string(),
+                source,
+            })
+        };
+        if let Some(path) = key_file {
+            let key = ForwardedAuthKey::from_hex_file_content(&read(path)?).map_err(|source| {
+                CredentialsError::Key {
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?;
+            let sandbox_id = sandbox_id.ok_or(CredentialsError::NoSandboxId)?;
+            return Ok(Self::Forwarded {
+                key,
+                sandbox_id,
+                ttl_secs,
+            });
+        }
+        let token = match (token, token_file) {
+            (Some(t), _) => t,
+            (None, Some(path)) => read(path)?.trim_end_matches(['\n', '\r']).to_owned(),
+            (None, None) => return Err(CredentialsError::Missing),
+        };
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(CredentialsError::BadToken);
+        }
+        Ok(Self::Bearer(token))
+    }
+
+    /// One request header line (`Name: value\r\n`), minted fresh.
+    pub fn header_line(&self) -> String {
+        match self {
+            Self::Bearer(token) => format!("Authorization: Bearer {token}\r\n"),
+            Self::Forwarded {
+                key,
+                sandbox_id,
+                ttl_secs,
+            } => {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let token = key.mint(sandbox_id, now + ttl_secs);
+                format!("{FORWARDED_AUTH_HEADER}: {token}\r\n")
+            }
+        }
+    }
+}

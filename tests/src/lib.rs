@@ -1,6 +1,8 @@
 //! Support code for the integration tests: network namespaces the test owns,
 //! child processes ended by PID on drop, and paths to the built binaries.
 
+pub mod agent;
 pub mod bins;
 pub mod netns;
 pub mod process;
+pub mod servers;

@@ -209,7 +209,7 @@ impl Config {
         let ping_interval = Duration::from_secs(file.tunnel.ping_interval_secs.unwrap_or(30));
         let idle_timeout = Duration::from_secs(file.tunnel.idle_timeout_secs.unwrap_or(90));
         let connect_timeout =
-            Duration::from_millis(file.tunnel.connect_timeout_ms.unwrap_or(3_000));
+            Duration::from_millis(file.tunnel.connect_timeout_ms.unwrap_or(10_000));
         for (name, value) in [
             ("limits.max_tunnels", max_tunnels as u128),
             ("limits.max_frame_size", max_frame_size as u128),

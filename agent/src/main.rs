@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::auth::Authenticator;
@@ -71,8 +70,7 @@ fn init_logging(format: LogFormat) {
 
 async fn run(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let listener = TcpListener::bind(config.listen)
-        .await
+    let listener = server::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr().context("listener address")?;
 

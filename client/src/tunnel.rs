@@ -15,6 +15,8 @@ use crate::target::AgentUrl;
 
 /// How long opening one tunnel may take before the local connection is dropped.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pending connections the local listener queues.
+const LISTEN_BACKLOG: u32 = 4096;
 /// Three missed pings and the agent is taken for gone.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(3 * CLIENT_PING_INTERVAL_SECS);
 
@@ -29,7 +31,7 @@ pub struct TunnelOptions {
 /// Binds the listener, checks the agent, then serves until Ctrl-C.
 pub async fn run(opts: TunnelOptions) -> Result<(), HttpError> {
     preflight(&opts).await?;
-    let listener = TcpListener::bind(SocketAddr::new(opts.bind, opts.listen_port)).await?;
+    let listener = listen(SocketAddr::new(opts.bind, opts.listen_port))?;
     let local = listener.local_addr()?;
     println!(
         "Forwarding {local} -> {} port {} (Ctrl-C to stop)",
@@ -48,6 +50,19 @@ pub async fn run(opts: TunnelOptions) -> Result<(), HttpError> {
             }
         });
     }
+}
+
+/// Binds with a deep backlog: tools open many connections at once (browsers,
+/// connection pools, benchmarks) and a short queue would drop them.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Asks the agent for `/info` so that a wrong URL or bad credentials are
@@ -76,13 +91,20 @@ async fn forward(local: TcpStream, opts: &TunnelOptions) -> Result<(), HttpError
     config.ping_interval = Duration::from_secs(CLIENT_PING_INTERVAL_SECS);
     config.idle_timeout = IDLE_TIMEOUT;
     let outcome = relay(ws, initial, local, &config, std::future::pending()).await;
-    tracing::debug!(
-        sent = outcome.bytes_to_ws,
-        received = outcome.bytes_to_tcp,
-        result = ?outcome.result,
-        "tunnel closed"
-    );
-    Ok(())
+    match outcome.result {
+        Ok(()) => {
+            tracing::debug!(
+                sent = outcome.bytes_to_ws,
+                received = outcome.bytes_to_tcp,
+                "tunnel closed"
+            );
+            Ok(())
+        }
+        Err(err) => Err(HttpError::Io(std::io::Error::other(format!(
+            "tunnel broke after {} bytes sent, {} received: {err}",
+            outcome.bytes_to_ws, outcome.bytes_to_tcp
+        )))),
+    }
 }
 
 /// Opens one tunnel: returns the upgraded connection and any frame bytes
@@ -122,7 +144,7 @@ fn explain(status: u16, message: &str, port: u16) -> String {
         401 => format!("agent refused our credentials (401): {message}; check --token or --key-file/--sandbox-id"),
         403 => format!("agent forbade the request (403): {message}"),
         429 => format!("agent is at its tunnel limit (429): {message}"),
-        502 => format!("nothing is listening on port {port} inside the sandbox (502): {message}"),
+        502 => format!("cannot reach port {port} inside the sandbox (502): {message}"),
         _ => format!("agent answered HTTP {status}: {message}"),
     }
 }

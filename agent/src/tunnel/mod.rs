@@ -112,7 +112,7 @@ async fn run(
             duration_ms,
             "tunnel closed"
         ),
-        Err(err) => tracing::info!(
+        Err(err) => tracing::warn!(
             port,
             bytes_in = outcome.bytes_to_tcp,
             bytes_out = outcome.bytes_to_ws,

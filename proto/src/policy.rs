@@ -1,1 +1,545 @@
-//! Network policy types and their validation (owned by netctl work).
+//! Network policy types and their validation, shared by netctl and every
+//! client that sends a policy.
+//!
+//! Validation is strict on purpose: netctl runs as root and turns these
+//! entries into kernel rules, so anything ambiguous (a CIDR with host bits
+//! set, a wildcard name, an over-long list) is refused with the offending
+//! entry named rather than guessed at.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Most entries one list may hold: enough for real blocklists, small enough
+/// that an apply stays well under a second.
+pub const MAX_LIST_ENTRIES: usize = 10_000;
+
+/// Longest entry accepted. A domain name is at most 253 bytes; anything
+/// longer is refused before it is parsed (and before it is echoed back).
+pub const MAX_ENTRY_LEN: usize = 253;
+
+/// Longest sandbox id; ids become file names in the state directory.
+pub const MAX_ID_LEN: usize = 64;
+
+/// Longest network interface name Linux accepts (IFNAMSIZ - 1).
+pub const MAX_IFACE_LEN: usize = 15;
+
+/// The policy object as the platform API sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkPolicy {
+    #[serde(default = "default_true")]
+    pub allow_internet_access: bool,
+    #[serde(default)]
+    pub allow_out: Vec<String>,
+    #[serde(default)]
+    pub deny_out: Vec<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for NetworkPolicy {
+    /// No policy means the sandbox may reach anything (the platform default).
+    fn default() -> Self {
+        Self {
+            allow_internet_access: true,
+            allow_out: Vec::new(),
+            deny_out: Vec::new(),
+        }
+    }
+}
+
+/// One destination from `allow_out` or `deny_out`, parsed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Destination {
+    /// An address (as a host prefix) or a CIDR. IPv4-mapped IPv6 entries
+    /// are already folded into their IPv4 form.
+    Net(IpNet),
+    /// A lower-cased RFC 1123 host name without a trailing dot.
+    Domain(String),
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Net(net) if net.prefix_len() == net.max_prefix_len() => {
+                write!(f, "{}", net.addr())
+            }
+            Self::Net(net) => write!(f, "{net}"),
+            Self::Domain(name) => f.write_str(name),
+        }
+    }
+}
+
+/// A policy that passed validation: the only form netctl turns into rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidPolicy {
+    pub allow_internet_access: bool,
+    pub allow_out: Vec<Destination>,
+    pub deny_out: Vec<Destination>,
+}
+
+impl ValidPolicy {
+    /// Every domain name either list mentions, sorted and de-duplicated.
+    pub fn domains(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .allow_out
+            .iter()
+            .chain(&self.deny_out)
+            .filter_map(|d| match d {
+                Destination::Domain(name) => Some(name.clone()),
+                Destination::Net(_) => None,
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+/// Why an entry or a policy was refused. The message names the list, the
+/// position and the entry so an operator can find it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{list} has {count} entries; at most {max} are allowed")]
+    TooManyEntries {
+        list: &'static str,
+        count: usize,
+        max: usize,
+    },
+    #[error("{list}[{index}] {entry:?}: {reason}")]
+    BadEntry {
+        list: &'static str,
+        index: usize,
+        entry: String,
+        reason: EntryError,
+    },
+}
+
+/// What is wrong with a single entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    #[error("empty entry")]
+    Empty,
+    #[error("longer than {MAX_ENTRY_LEN} bytes")]
+    TooLong,
+    #[error("not a valid CIDR")]
+    BadCidr,
+    #[error("host bits set (the network is {0})")]
+    HostBitsSet(IpNet),
+    #[error("wildcard names are not supported")]
+    Wildcard,
+    #[error("not an IP address, CIDR or RFC 1123 host name")]
+    BadName,
+}
+
+impl NetworkPolicy {
+    /// Checks every entry and the list sizes; the first problem is returned.
+    pub fn validate(&self) -> Result<ValidPolicy, PolicyError> {
+        Ok(ValidPolicy {
+            allow_internet_access: self.allow_internet_access,
+            allow_out: validate_list("allow_out", &self.allow_out)?,
+            deny_out: validate_list("deny_out", &self.deny_out)?,
+        })
+    }
+}
+
+fn validate_list(list: &'static str, entries: &[String]) -> Result<Vec<Destination>, PolicyError> {
+    if entries.len() > MAX_LIST_ENTRIES {
+        return Err(PolicyError::TooManyEntries {
+            list,
+            count: entries.len(),
+            max: MAX_LIST_ENTRIES,
+        });
+    }
+    entries
+        .iter()
+        .enumerate()
+        .map(|(index, entry)| {
+            parse_destination(entry).map_err(|reason| PolicyError::BadEntry {
+                list,
+                index,
+                entry: shorten(entry),
+                reason,
+            })
+        })
+        .collect()
+}
+
+/// Keeps error messages bounded when someone sends a megabyte-long entry.
+fn shorten(entry: &str) -> String {
+    const SHOWN: usize = 64;
+    if entry.len() <= SHOWN {
+        return entry.to_owned();
+    }
+    let mut end = SHOWN;
+    while !entry.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &entry[..end])
+}
+
+/// Parses one entry: an address, a CIDR, or a host name.
+pub fn parse_destination(entry: &str) -> Result<Destination, EntryError> {
+    if entry.is_empty() {
+        return Err(EntryError::Empty);
+    }
+    if entry.len() > MAX_ENTRY_LEN {
+        return Err(EntryError::TooLong);
+    }
+    if entry.contains('/') {
+        let net: IpNet = entry.parse().map_err(|_| EntryError::BadCidr)?;
+        if net.trunc() != net {
+            return Err(EntryError::HostBitsSet(net.trunc()));
+        }
+        return Ok(Destination::Net(fold_mapped(net)));
+    }
+    if let Ok(addr) = entry.parse::<IpAddr>() {
+        return Ok(Destination::Net(fold_mapped(IpNet::from(addr))));
+    }
+    parse_domain(entry).map(Destination::Domain)
+}
+
+/// An IPv4-mapped IPv6 destination (`::ffff:a.b.c.d`) is reached with IPv4
+/// packets, so it belongs in the IPv4 set. Only prefixes that lie wholly
+/// inside `::ffff:0:0/96` are folded: a wider IPv6 prefix such as `::/0`
+/// means "all of IPv6", not "all of IPv4 too".
+pub fn fold_mapped(net: IpNet) -> IpNet {
+    const MAPPED_PREFIX: u8 = 96;
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= MAPPED_PREFIX => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => Ipv4Net::new(v4, v6.prefix_len() - MAPPED_PREFIX)
+                .map(IpNet::V4)
+                .unwrap_or(net),
+            None => net,
+        },
+        other => other,
+    }
+}
+
+/// Folds a single address the same way as [`fold_mapped`].
+pub fn fold_mapped_addr(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+/// RFC 1123 host name: labels of 1-63 letters, digits and inner hyphens,
+/// 253 bytes in all. Lower-cased; one trailing dot (the root) is dropped.
+/// The last label may not be all digits, so `1.2.3` is not taken for a name.
+pub fn parse_domain(entry: &str) -> Result<String, EntryError> {
+    if entry.contains('*') {
+        return Err(EntryError::Wildcard);
+    }
+    let name = entry
+        .strip_suffix('.')
+        .unwrap_or(entry)
+        .to_ascii_lowercase();
+    if name.is_empty() || name.len() > MAX_ENTRY_LEN {
+        return Err(EntryError::BadName);
+    }
+    let labels: Vec<&str> = name.split('.').collect();
+    for label in &labels {
+        let bytes = label.as_bytes();
+        let ok = !bytes.is_empty()
+            && bytes.len() <= 63
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+            && bytes.first() != Some(&b'-')
+            && bytes.last() != Some(&b'-');
+        if !ok {
+            return Err(EntryError::BadName);
+        }
+    }
+    let last = labels.last().copied().unwrap_or_default();
+    if last.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(EntryError::BadName);
+    }
+    Ok(name)
+}
+
+/// Body of `PUT /v1/sandboxes/{id}` on netctl.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSpec {
+    /// A name under /run/netns, or a path such as /proc/<pid>/ns/net.
+    pub netns: String,
+    /// The sandbox's tap/veth inside that netns, for forwarded VM traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iface: Option<String>,
+    /// `null` or absent: no policy, everything allowed.
+    #[serde(default)]
+    pub network: Option<NetworkPolicy>,
+}
+
+/// Body of `PATCH /v1/sandboxes/{id}`: `network` absent keeps the policy,
+/// `null` clears it (allow all), an object replaces it whole.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxPatch {
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub network: Option<Option<NetworkPolicy>>,
+}
+
+/// Distinguishes a field that is present with `null` (`Some(None)`) from an
+/// absent one (`None`, via `#[serde(default)]`).
+fn present<'de, D, T>(de: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(de).map(Some)
+}
+
+/// Why a sandbox id, netns reference or interface name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("sandbox id {0:?}: use 1-{MAX_ID_LEN} letters, digits, '-', '_' or '.', starting with a letter or digit")]
+    BadId(String),
+    #[error("netns {0:?}: expected a name under /run/netns, /run/netns/<name>, or /proc/<pid>[/task/<tid>]/ns/net")]
+    BadNetns(String),
+    #[error("iface {0:?}: expected 1-{MAX_IFACE_LEN} letters, digits, '-', '_' or '.'")]
+    BadIface(String),
+}
+
+fn is_plain_name(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Ids become file names and metric labels, so they are kept plain.
+pub fn validate_id(id: &str) -> Result<(), SpecError> {
+    if is_plain_name(id, MAX_ID_LEN) {
+        Ok(())
+    } else {
+        Err(SpecError::BadId(shorten(id)))
+    }
+}
+
+/// Validates an interface name (as Linux would take it, minus exotic bytes).
+pub fn validate_iface(iface: &str) -> Result<(), SpecError> {
+    if is_plain_name(iface, MAX_IFACE_LEN) {
+        Ok(())
+    } else {
+        Err(SpecError::BadIface(shorten(iface)))
+    }
+}
+
+/// Resolves a netns reference to the path netctl opens. Only the places
+/// where network namespaces live are accepted, so a request cannot make the
+/// daemon open an arbitrary file.
+pub fn netns_path(netns: &str) -> Result<String, SpecError> {
+    let bad = || SpecError::BadNetns(shorten(netns));
+    let name_ok = |n: &str| is_plain_name(n, MAX_ID_LEN);
+    let digits = |n: &str| !n.is_empty() && n.len() <= 10 && n.bytes().all(|b| b.is_ascii_digit());
+    if name_ok(netns) {
+        return Ok(format!("/run/netns/{netns}"));
+    }
+    if let Some(name) = netns
+        .strip_prefix("/run/netns/")
+        .or_else(|| netns.strip_prefix("/var/run/netns/"))
+    {
+        return if name_ok(name) {
+            Ok(netns.to_owned())
+        } else {
+            Err(bad())
+        };
+    }
+    if let Some(rest) = netns.strip_prefix("/proc/") {
+        let parts: Vec<&str> = rest.split('/').collect();
+        let ok = match parts.as_slice() {
+            [pid, "ns", "net"] => digits(pid),
+            [pid, "task", tid, "ns", "net"] => digits(pid) && digits(tid),
+            _ => false,
+        };
+        return if ok { Ok(netns.to_owned()) } else { Err(bad()) };
+    }
+    Err(bad())
+}
+
+impl SandboxSpec {
+    /// Validates everything in the body: netns, iface and policy.
+    pub fn validate(&self) -> Result<Option<ValidPolicy>, String> {
+        netns_path(&self.netns).map_err(|e| e.to_string())?;
+        if let Some(iface) = &self.iface {
+            validate_iface(iface).map_err(|e| e.to_string())?;
+        }
+        self.network
+            .as_ref()
+            .map(NetworkPolicy::validate)
+            .transpose()
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Convenience for callers that hold addresses rather than strings.
+pub fn host_net(addr: IpAddr) -> IpNet {
+    match fold_mapped_addr(addr) {
+        IpAddr::V4(v4) => IpNet::V4(Ipv4Net::from(v4)),
+        IpAddr::V6(v6) => IpNet::V6(Ipv6Net::from(v6)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(json: &str) -> Result<NetworkPolicy, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    #[test]
+    fn defaults_allow_everything() {
+        let p = policy("{}").unwrap();
+        assert_eq!(p, NetworkPolicy::default());
+        assert!(p.allow_internet_access);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        assert!(policy(r#"{"allow_out": [], "allow_in": []}"#).is_err());
+        assert!(serde_json::from_str::<SandboxSpec>(r#"{"netns":"a","extra":1}"#).is_err());
+        assert!(serde_json::from_str::<SandboxPatch>(r#"{"policy":null}"#).is_err());
+    }
+
+    #[test]
+    fn parses_addresses_cidrs_and_names() {
+        assert_eq!(
+            parse_destination("192.0.2.7").unwrap(),
+            Destination::Net("192.0.2.7/32".parse().unwrap())
+        );
+        assert_eq!(
+            parse_destination("2001:db8::/32").unwrap(),
+            Destination::Net("2001:db8::/32".parse().unwrap())
+        );
+        assert_eq!(
+            parse_destination("Example.COM.").unwrap(),
+            Destination::Domain("example.com".into())
+        );
+        assert_eq!(
+            parse_destination("a-1.b2.example").unwrap(),
+            Destination::Domain("a-1.b2.example".into())
+        );
+    }
+
+    #[test]
+    fn host_bits_are_an_error() {
+        assert_eq!(
+            parse_destination("192.0.2.1/24"),
+            Err(EntryError::HostBitsSet("192.0.2.0/24".parse().unwrap()))
+        );
+        assert!(parse_destination("2001:db8::1/64").is_err());
+    }
+
+    #[test]
+    fn mapped_ipv6_is_folded_into_ipv4() {
+        assert_eq!(
+            parse_destination("::ffff:192.0.2.9").unwrap(),
+            Destination::Net("192.0.2.9/32".parse().unwrap())
+        );
+        assert_eq!(
+            parse_destination("::ffff:198.51.100.0/120").unwrap(),
+            Destination::Net("198.51.100.0/24".parse().unwrap())
+        );
+        // A wider prefix is IPv6 and stays IPv6.
+        assert_eq!(
+            parse_destination("::/0").unwrap(),
+            Destination::Net("::/0".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn bad_names_are_refused() {
+        for bad in [
+            "",
+            "*.example.com",
+            "-a.example",
+            "a-.example",
+            "a..b",
+            "exa mple.com",
+            "1.2.3",
+            "10.0.0.256",
+            "10.0.0.0/33",
+            "ex_ample.com",
+            "é.example",
+            ".",
+        ] {
+            assert!(parse_destination(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(
+            parse_destination(&"a".repeat(300)),
+            Err(EntryError::TooLong)
+        );
+        let label64 = format!("{}.com", "a".repeat(64));
+        assert!(parse_destination(&label64).is_err());
+    }
+
+    #[test]
+    fn errors_name_the_entry() {
+        let p = policy(r#"{"deny_out": ["192.0.2.0/24", "10.1.2.3/8"]}"#).unwrap();
+        let err = p.validate().unwrap_err().to_string();
+        assert!(err.contains("deny_out[1]"), "{err}");
+        assert!(err.contains("10.1.2.3/8"), "{err}");
+        assert!(err.contains("10.0.0.0/8"), "{err}");
+    }
+
+    #[test]
+    fn list_size_is_capped() {
+        let p = NetworkPolicy {
+            allow_out: vec!["192.0.2.1".into(); MAX_LIST_ENTRIES + 1],
+            ..NetworkPolicy::default()
+        };
+        assert!(matches!(
+            p.validate(),
+            Err(PolicyError::TooManyEntries { .. })
+        ));
+    }
+
+    #[test]
+    fn patch_distinguishes_absent_null_and_object() {
+        let absent: SandboxPatch = serde_json::from_str("{}").unwrap();
+        assert_eq!(absent.network, None);
+        let null: SandboxPatch = serde_json::from_str(r#"{"network":null}"#).unwrap();
+        assert_eq!(null.network, Some(None));
+        let obj: SandboxPatch =
+            serde_json::from_str(r#"{"network":{"allow_internet_access":false}}"#).unwrap();
+        assert!(matches!(obj.network, Some(Some(_))));
+    }
+
+    #[test]
+    fn netns_and_ids() {
+        assert_eq!(netns_path("sbx1").unwrap(), "/run/netns/sbx1");
+        assert!(netns_path("/proc/123/ns/net").is_ok());
+        assert!(netns_path("/proc/123/task/45/ns/net").is_ok());
+        for bad in [
+            "../x",
+            "/etc/passwd",
+            "/run/netns/../x",
+            "/proc/self/ns/net",
+            "",
+        ] {
+            assert!(netns_path(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(validate_id("sbx-1.a_b").is_ok());
+        assert!(validate_id("../x").is_err());
+        assert!(validate_id(".hidden").is_err());
+        assert!(validate_iface("tap0").is_ok());
+        assert!(validate_iface("averyveryverylongname").is_err());
+    }
+}

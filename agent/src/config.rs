@@ -64,6 +64,12 @@ pub struct Cli {
     /// Largest WebSocket frame payload accepted, in bytes.
     #[arg(long, env = "SBX_AGENT_MAX_FRAME_SIZE")]
     pub max_frame_size: Option<usize>,
+    /// Most processes running at once; more are refused with 429.
+    #[arg(long, env = "SBX_AGENT_MAX_PROCESSES")]
+    pub max_processes: Option<usize>,
+    /// Most PTY sessions at once; more are refused with 429.
+    #[arg(long, env = "SBX_AGENT_MAX_PTY_SESSIONS")]
+    pub max_pty_sessions: Option<usize>,
     /// Log format.
     #[arg(long, env = "SBX_AGENT_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -91,6 +97,13 @@ struct FileLimits {
     max_tunnels: Option<usize>,
     max_frame_size: Option<usize>,
     max_connections: Option<usize>,
+    max_processes: Option<usize>,
+    max_finished_processes: Option<usize>,
+    finished_retention_secs: Option<u64>,
+    output_max_lines: Option<usize>,
+    output_max_bytes: Option<usize>,
+    max_pty_sessions: Option<usize>,
+    pty_pending_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -116,6 +129,40 @@ pub struct Config {
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
     pub connect_timeout: Duration,
+    pub limits: Limits,
+}
+
+/// Bounds on what API clients can make the agent hold.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Processes running at once (429 `TOO_MANY_PROCESSES` beyond).
+    pub max_processes: usize,
+    /// Finished processes remembered for `GET /processes`; oldest forgotten first.
+    pub max_finished_processes: usize,
+    /// How long a finished process is remembered.
+    pub finished_retention: Duration,
+    /// Captured lines kept per process; oldest dropped first.
+    pub output_max_lines: usize,
+    /// Captured bytes kept per process; oldest lines dropped first.
+    pub output_max_bytes: usize,
+    /// PTY sessions at once (429 `TOO_MANY_SESSIONS` beyond).
+    pub max_pty_sessions: usize,
+    /// PTY output kept while no client is attached and ready.
+    pub pty_pending_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_processes: 1024,
+            max_finished_processes: 1000,
+            finished_retention: Duration::from_secs(3600),
+            output_max_lines: 10_000,
+            output_max_bytes: 8 * 1024 * 1024,
+            max_pty_sessions: 64,
+            pty_pending_bytes: 1024 * 1024,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -210,7 +257,44 @@ impl Config {
         let idle_timeout = Duration::from_secs(file.tunnel.idle_timeout_secs.unwrap_or(90));
         let connect_timeout =
             Duration::from_millis(file.tunnel.connect_timeout_ms.unwrap_or(10_000));
+        let defaults = Limits::default();
+        let limits = Limits {
+            max_processes: cli
+                .max_processes
+                .or(file.limits.max_processes)
+                .unwrap_or(defaults.max_processes),
+            max_finished_processes: file
+                .limits
+                .max_finished_processes
+                .unwrap_or(defaults.max_finished_processes),
+            finished_retention: file
+                .limits
+                .finished_retention_secs
+                .map(Duration::from_secs)
+                .unwrap_or(defaults.finished_retention),
+            output_max_lines: file
+                .limits
+                .output_max_lines
+                .unwrap_or(defaults.output_max_lines),
+            output_max_bytes: file
+                .limits
+                .output_max_bytes
+                .unwrap_or(defaults.output_max_bytes),
+            max_pty_sessions: cli
+                .max_pty_sessions
+                .or(file.limits.max_pty_sessions)
+                .unwrap_or(defaults.max_pty_sessions),
+            pty_pending_bytes: file
+                .limits
+                .pty_pending_bytes
+                .unwrap_or(defaults.pty_pending_bytes),
+        };
         for (name, value) in [
+            ("limits.max_processes", limits.max_processes as u128),
+            ("limits.output_max_lines", limits.output_max_lines as u128),
+            ("limits.output_max_bytes", limits.output_max_bytes as u128),
+            ("limits.max_pty_sessions", limits.max_pty_sessions as u128),
+            ("limits.pty_pending_bytes", limits.pty_pending_bytes as u128),
             ("limits.max_tunnels", max_tunnels as u128),
             ("limits.max_frame_size", max_frame_size as u128),
             ("limits.max_connections", max_connections as u128),
@@ -239,6 +323,7 @@ impl Config {
             ping_interval,
             idle_timeout,
             connect_timeout,
+            limits,
         })
     }
 }

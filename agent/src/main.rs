@@ -4,6 +4,7 @@
 mod auth;
 mod config;
 mod error;
+mod process;
 mod routes;
 mod server;
 mod state;

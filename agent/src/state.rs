@@ -6,6 +6,7 @@ use std::time::Instant;
 use tokio::sync::{watch, Semaphore};
 
 use crate::config::Config;
+use crate::process::ProcessTable;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -15,12 +16,15 @@ pub struct AppState {
     pub tunnels: Arc<Semaphore>,
     /// Flips to true when the agent starts shutting down.
     pub shutdown: watch::Receiver<bool>,
+    /// Processes started through the API.
+    pub processes: Arc<ProcessTable>,
 }
 
 impl AppState {
     pub fn new(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Self {
         Self {
             tunnels: Arc::new(Semaphore::new(config.max_tunnels)),
+            processes: Arc::new(ProcessTable::new(config.limits.clone())),
             config,
             started: Instant::now(),
             shutdown,

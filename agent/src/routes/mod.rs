@@ -1,10 +1,12 @@
 //! The HTTP routes of the management API.
 
+mod extract;
+mod processes;
 mod system;
 
 use std::sync::Arc;
 
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use sbx_proto::ErrorCode;
 
@@ -17,6 +19,39 @@ use crate::tunnel;
 pub fn router(state: AppState, auth: Arc<Authenticator>) -> Router {
     let protected = Router::new()
         .route("/api/v1/info", get(system::info))
+        .route(
+            "/api/v1/processes",
+            get(processes::list).post(processes::create),
+        )
+        .route("/api/v1/processes/run", post(processes::run))
+        .route(
+            "/api/v1/processes/{pid}",
+            get(processes::get).delete(processes::kill),
+        )
+        .route("/api/v1/processes/{pid}/signal", post(processes::signal))
+        .route(
+            "/api/v1/processes/{pid}/stdin",
+            post(processes::write_stdin),
+        )
+        .route(
+            "/api/v1/processes/{pid}/stdin/close",
+            post(processes::close_stdin),
+        )
+        .route("/api/v1/processes/{pid}/stdout", get(processes::stdout))
+        .route("/api/v1/processes/{pid}/stderr", get(processes::stderr))
+        .route("/api/v1/processes/{pid}/output", get(processes::output))
+        .route(
+            "/api/v1/processes/{pid}/stdout/follow",
+            get(processes::follow_stdout),
+        )
+        .route(
+            "/api/v1/processes/{pid}/stderr/follow",
+            get(processes::follow_stderr),
+        )
+        .route(
+            "/api/v1/processes/{pid}/output/follow",
+            get(processes::follow_output),
+        )
         .route(sbx_proto::tunnel::TUNNEL_PATH, get(tunnel::open))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(auth, require_auth));

@@ -14,9 +14,8 @@ pub async fn info(State(state): State<AppState>) -> Json<Info> {
     Json(Info {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         uptime_secs: state.started.elapsed().as_secs(),
-        // Process management arrives with the management API; until then
-        // the agent runs none.
-        running_processes: 0,
-        total_processes: 0,
+        running_processes: state.processes.running_count(),
+        // Every process started since the agent started, finished or not.
+        total_processes: state.processes.started_total(),
     })
 }

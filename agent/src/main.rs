@@ -4,6 +4,7 @@
 mod auth;
 mod config;
 mod error;
+mod files;
 mod process;
 mod routes;
 mod server;

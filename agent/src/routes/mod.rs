@@ -1,6 +1,7 @@
 //! The HTTP routes of the management API.
 
 mod extract;
+mod files;
 mod processes;
 mod system;
 
@@ -23,6 +24,11 @@ pub fn router(state: AppState, auth: Arc<Authenticator>) -> Router {
             "/api/v1/processes",
             get(processes::list).post(processes::create),
         )
+        .route(
+            "/api/v1/files",
+            get(files::read).put(files::write).delete(files::delete),
+        )
+        .route("/api/v1/files/list", get(files::list))
         .route("/api/v1/processes/run", post(processes::run))
         .route(
             "/api/v1/processes/{pid}",

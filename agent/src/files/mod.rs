@@ -1,0 +1,255 @@
+//! File access for `/files`: path checks, streamed reads, atomic streamed
+//! writes (temporary file, then rename), deletes and directory listings.
+
+use std::io::ErrorKind;
+use std::path::{Component, Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use sbx_proto::api::{DirectoryEntry, DirectoryListing};
+use sbx_proto::ErrorCode;
+
+use crate::error::ApiError;
+
+/// Largest directory listed; a bigger one is refused rather than answered
+/// with an unbounded body.
+pub const MAX_LIST_ENTRIES: usize = 100_000;
+
+/// Validates the `path` query parameter: present, absolute, no NUL, and no
+/// `..` segment (403 `PATH_TRAVERSAL`).
+pub fn checked_path(path: Option<&str>) -> Result<PathBuf, ApiError> {
+    let raw = path.filter(|p| !p.is_empty()).ok_or_else(|| {
+        ApiError::new(ErrorCode::BadRequest, "query parameter `path` is required")
+    })?;
+    if raw.contains('\0') {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "path must not contain NUL",
+        ));
+    }
+    let path = PathBuf::from(raw);
+    if path.components().any(|c| c == Component::ParentDir) {
+        return Err(ApiError::new(
+            ErrorCode::PathTraversal,
+            format!("path {raw:?} contains a `..` segment"),
+        ));
+    }
+    if !path.is_absolute() {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("path {raw:?} must be absolute"),
+        ));
+    }
+    Ok(path)
+}
+
+/// Maps an I/O error on `path` to the API's codes.
+pub fn io_error(path: &Path, err: &std::io::Error) -> ApiError {
+    let shown = path.display();
+    let code = match err.kind() {
+        ErrorKind::NotFound => ErrorCode::NotFound,
+        ErrorKind::IsADirectory => ErrorCode::IsDirectory,
+        ErrorKind::NotADirectory => ErrorCode::NotADirectory,
+        ErrorKind::PermissionDenied => ErrorCode::Forbidden,
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => ErrorCode::PayloadTooLarge,
+        _ => ErrorCode::Internal,
+    };
+    let message = match code {
+        ErrorCode::NotFound => format!("{shown}: no such file or directory"),
+        ErrorCode::IsDirectory => format!("{shown} is a directory"),
+        ErrorCode::NotADirectory => format!("{shown}: a component of the path is not a directory"),
+        _ => format!("{shown}: {err}"),
+    };
+    ApiError::new(code, message)
+}
+
+fn is_directory(path: &Path) -> ApiError {
+    ApiError::new(
+        ErrorCode::IsDirectory,
+        format!("{} is a directory", path.display()),
+    )
+}
+
+fn ms(time: std::io::Result<std::time::SystemTime>) -> Option<u64> {
+    let since = time.ok()?.duration_since(UNIX_EPOCH).ok()?;
+    u64::try_from(since.as_millis()).ok()
+}
+
+/// Opens a regular file for reading; returns it with its length.
+pub async fn open_for_read(path: &Path) -> Result<(tokio::fs::File, u64), ApiError> {
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| io_error(path, &e))?;
+    let meta = file.metadata().await.map_err(|e| io_error(path, &e))?;
+    if meta.is_dir() {
+        return Err(is_directory(path));
+    }
+    Ok((file, meta.len()))
+}
+
+/// Streams `chunks` into `path` through a temporary file in the same
+/// directory, renamed over `path` at the end, so a reader sees the old
+/// file or the new one, never half of one. Parents are created.
+pub async fn write_atomic<S, E>(path: &Path, mut chunks: S) -> Result<u64, ApiError>
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    use futures_util::StreamExt as _;
+    use tokio::io::AsyncWriteExt as _;
+
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(is_directory(path));
+    };
+    match tokio::fs::metadata(path).await {
+        Ok(meta) if meta.is_dir() => return Err(is_directory(path)),
+        _ => {}
+    }
+    tokio::fs::create_dir_all(parent).await.map_err(|e| {
+        if e.kind() == ErrorKind::AlreadyExists {
+            // A component of the parent path exists as a file.
+            ApiError::new(
+                ErrorCode::NotADirectory,
+                format!(
+                    "{}: a component of the path is not a directory",
+                    path.display()
+                ),
+            )
+        } else {
+            io_error(parent, &e)
+        }
+    })?;
+    let existing_mode = tokio::fs::metadata(path)
+        .await
+        .ok()
+        .map(|m| m.permissions());
+
+    let tmp = parent.join(format!(
+        ".{}.sbx-upload-{}",
+        name.to_string_lossy(),
+        hex::encode(rand::random::<[u8; 6]>())
+    ));
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .await
+        .map_err(|e| io_error(parent, &e))?;
+    let result: Result<u64, ApiError> = async {
+        let mut written = 0u64;
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::new(ErrorCode::BadRequest, format!("reading request body: {e}"))
+            })?;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| io_error(path, &e))?;
+            written += chunk.len() as u64;
+        }
+        file.flush().await.map_err(|e| io_error(path, &e))?;
+        if let Some(perms) = existing_mode {
+            file.set_permissions(perms)
+                .await
+                .map_err(|e| io_error(path, &e))?;
+        }
+        drop(file);
+        tokio::fs::rename(&tmp, path)
+            .await
+            .map_err(|e| io_error(path, &e))?;
+        Ok(written)
+    }
+    .await;
+    if result.is_err() {
+        if let Err(err) = tokio::fs::remove_file(&tmp).await {
+            tracing::warn!(tmp = %tmp.display(), error = %err, "cannot remove partial upload");
+        }
+    }
+    result
+}
+
+/// Deletes a file, or a directory when `recursive` (else 400 `IS_DIRECTORY`).
+pub async fn delete(path: &Path, recursive: bool) -> Result<(), ApiError> {
+    let meta = tokio::fs::symlink_metadata(path)
+        .await
+        .map_err(|e| io_error(path, &e))?;
+    let result = if meta.is_dir() {
+        if !recursive {
+            return Err(ApiError::new(
+                ErrorCode::IsDirectory,
+                format!("{} is a directory (use recursive=true)", path.display()),
+            ));
+        }
+        tokio::fs::remove_dir_all(path).await
+    } else {
+        tokio::fs::remove_file(path).await
+    };
+    result.map_err(|e| io_error(path, &e))
+}
+
+/// Lists a directory: directories first, then by name.
+pub async fn list(path: &Path) -> Result<DirectoryListing, ApiError> {
+    let meta = tokio::fs::metadata(path)
+        .await
+        .map_err(|e| io_error(path, &e))?;
+    if !meta.is_dir() {
+        return Err(ApiError::new(
+            ErrorCode::NotADirectory,
+            format!("{} is not a directory", path.display()),
+        ));
+    }
+    let mut dir = tokio::fs::read_dir(path)
+        .await
+        .map_err(|e| io_error(path, &e))?;
+    let mut entries = Vec::new();
+    while let Some(entry) = dir.next_entry().await.map_err(|e| io_error(path, &e))? {
+        if entries.len() >= MAX_LIST_ENTRIES {
+            return Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "{} has more than {MAX_LIST_ENTRIES} entries",
+                    path.display()
+                ),
+            ));
+        }
+        // Follow symlinks to describe what they point at; a dangling one is
+        // listed as what it is.
+        let meta = match tokio::fs::metadata(entry.path()).await {
+            Ok(meta) => Some(meta),
+            Err(_) => entry.metadata().await.ok(),
+        };
+        let is_dir = meta.as_ref().is_some_and(|m| m.is_dir());
+        entries.push(DirectoryEntry {
+            name: entry.file_name().to_string_lossy().into_owned(),
+            is_dir,
+            size: meta.as_ref().filter(|_| !is_dir).map(|m| m.len()),
+            modified_at: meta.as_ref().and_then(|m| ms(m.modified())),
+        });
+    }
+    entries.sort_by(|a, b| b.is_dir.cmp(&a.is_dir).then_with(|| a.name.cmp(&b.name)));
+    Ok(DirectoryListing {
+        path: path.to_string_lossy().into_owned(),
+        entries,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_checks() {
+        assert_eq!(checked_path(None).unwrap_err().code, ErrorCode::BadRequest);
+        assert_eq!(
+            checked_path(Some("")).unwrap_err().code,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            checked_path(Some("/tmp/../etc/passwd")).unwrap_err().code,
+            ErrorCode::PathTraversal
+        );
+        assert_eq!(
+            checked_path(Some("relative")).unwrap_err().code,
+            ErrorCode::BadRequest
+        );
+        assert!(checked_path(Some("/tmp/a..b/c")).is_ok());
+    }
+}

@@ -1,0 +1,197 @@
+//! Command line: `serve` runs the daemon; the rest talk to it, except
+//! `check`, which validates a policy offline.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use sbx_proto::policy::{NetworkPolicy, SandboxSpec};
+
+use crate::client;
+use crate::view::SandboxView;
+
+pub const DEFAULT_SOCKET: &str = "/run/netctl/netctl.sock";
+pub const DEFAULT_CONFIG: &str = "/etc/netctl/config.toml";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/netctl";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "netctl",
+    version,
+    about = "Sandbox egress policy as nftables rules"
+)]
+pub struct Cli {
+    /// The daemon's API socket.
+    #[arg(long, global = true, env = "NETCTL_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Serve {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Create or replace a sandbox's policy.
+    Apply {
+        id: String,
+        /// A name under /run/netns, or /proc/<pid>/ns/net.
+        #[arg(long)]
+        netns: String,
+        /// The sandbox's tap/veth inside that netns (forwarded VM traffic).
+        #[arg(long)]
+        iface: Option<String>,
+        /// Policy JSON file, or `-` for stdin.
+        #[arg(long)]
+        policy: String,
+    },
+    /// Show one sandbox.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List sandboxes.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove our rules from a sandbox's namespace.
+    Remove { id: String },
+    /// Validate a policy without a daemon.
+    Check {
+        #[arg(long)]
+        policy: String,
+    },
+}
+
+fn read_policy(source: &str) -> anyhow::Result<NetworkPolicy> {
+    let mut text = String::new();
+    if source == "-" {
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("read policy from stdin")?;
+    } else {
+        text = std::fs::read_to_string(source).with_context(|| format!("read {source}"))?;
+    }
+    let policy: NetworkPolicy =
+        serde_json::from_str(&text).with_context(|| format!("policy {source}"))?;
+    policy
+        .validate()
+        .map_err(|e| anyhow::anyhow!("policy {source}: {e}"))?;
+    Ok(policy)
+}
+
+pub async fn run_client(socket: &Path, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { .. } => bail!("serve is handled by main"),
+        Command::Check { policy } => {
+            let p = read_policy(&policy)?;
+            println!(
+                "ok: allow_internet_access={}, {} allow_out, {} deny_out entries",
+                p.allow_internet_access,
+                p.allow_out.len(),
+                p.deny_out.len()
+            );
+        }
+        Command::Apply {
+            id,
+            netns,
+            iface,
+            policy,
+        } => {
+            let spec = SandboxSpec {
+                netns,
+                iface,
+                network: Some(read_policy(&policy)?),
+            };
+            spec.validate().map_err(anyhow::Error::msg)?;
+            let body = serde_json::to_vec(&spec)?;
+            let out =
+                client::request(socket, "PUT", &format!("/v1/sandboxes/{id}"), Some(body)).await?;
+            let view: SandboxView = serde_json::from_slice(&out)?;
+            println!("applied {} in {}", view.id, view.netns);
+        }
+        Command::Show { id, json } => {
+            sbx_proto::policy::validate_id(&id)?;
+            let out = client::request(socket, "GET", &format!("/v1/sandboxes/{id}"), None).await?;
+            let view: SandboxView = serde_json::from_slice(&out)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                print_view(&view);
+            }
+        }
+        Command::List { json } => {
+            let out = client::request(socket, "GET", "/v1/sandboxes", None).await?;
+            let views: Vec<SandboxView> = serde_json::from_slice(&out)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&views)?);
+            } else {
+                for v in views {
+                    println!(
+                        "{}\t{}\t{}{}",
+                        v.id,
+                        v.netns,
+                        if v.applied { "applied" } else { "NOT APPLIED" },
+                        v.error.map(|e| format!("\t{e}")).unwrap_or_default()
+                    );
+                }
+            }
+        }
+        Command::Remove { id } => {
+            sbx_proto::policy::validate_id(&id)?;
+            client::request(socket, "DELETE", &format!("/v1/sandboxes/{id}"), None).await?;
+            println!("removed {id}");
+        }
+    }
+    Ok(())
+}
+
+fn print_view(v: &SandboxView) {
+    println!("sandbox  {}", v.id);
+    println!("netns    {}", v.netns);
+    if let Some(iface) = &v.iface {
+        println!("iface    {iface}");
+    }
+    println!("applied  {}", v.applied);
+    if let Some(e) = &v.error {
+        println!("error    {e}");
+    }
+    match &v.network {
+        None => println!("policy   none (all allowed)"),
+        Some(p) => {
+            println!(
+                "internet {}",
+                if p.allow_internet_access {
+                    "allowed"
+                } else {
+                    "refused"
+                }
+            );
+            println!("allow    {}", p.allow_out.join(", "));
+            println!("deny     {}", p.deny_out.join(", "));
+        }
+    }
+    for n in &v.names {
+        let addrs: Vec<String> = n.addresses.iter().map(|a| a.address.to_string()).collect();
+        println!(
+            "name     {} -> [{}]{}",
+            n.name,
+            addrs.join(", "),
+            n.error
+                .as_ref()
+                .map(|e| format!(" (last lookup failed: {e})"))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(c) = &v.counters {
+        println!("packets  {} accepted, {} refused", c.accepted, c.refused);
+    }
+}

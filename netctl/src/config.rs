@@ -1,0 +1,206 @@
+//! The daemon's TOML configuration (`/etc/netctl/config.toml`).
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::ruleset::Refusal;
+
+/// Link-local (including cloud metadata at 169.254.169.254): a sandbox
+/// never needs it and it is the classic way out of one.
+pub const DEFAULT_ALWAYS_DENY: [&str; 2] = ["169.254.0.0/16", "fe80::/10"];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Destinations refused whatever a policy says. CIDRs or addresses.
+    #[serde(default = "default_always_deny")]
+    pub always_deny: Vec<String>,
+    /// `reject` (fast failure, the default) or `drop`.
+    #[serde(default)]
+    pub refusal: Refusal,
+    /// The nft binary.
+    #[serde(default = "default_nft")]
+    pub nft: String,
+    #[serde(default)]
+    pub dns: DnsConfig,
+    /// Sandboxes re-applied at once on start.
+    #[serde(default = "default_reconcile_concurrency")]
+    pub reconcile_concurrency: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Upstream servers netctl resolves names with. Empty: the host's
+    /// resolv.conf.
+    #[serde(default)]
+    pub upstreams: Vec<IpAddr>,
+    /// TTL clamps, in seconds: a record is re-resolved no sooner than
+    /// `min_ttl` and no later than `max_ttl` after the last answer.
+    #[serde(default = "default_min_ttl")]
+    pub min_ttl: u64,
+    #[serde(default = "default_max_ttl")]
+    pub max_ttl: u64,
+    /// Seconds an address stays in a set after it dropped out of the
+    /// answers: clients keep using cached answers for a while.
+    #[serde(default = "default_grace")]
+    pub grace: u64,
+    /// Timeout of one lookup, in milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Resolvers the sandbox may query on port 53 when its `allow_out`
+    /// names a domain (so it can resolve the names it is allowed to reach).
+    /// Empty: the same servers netctl uses.
+    #[serde(default)]
+    pub sandbox_resolvers: Vec<IpAddr>,
+    /// Whether to open port 53 to those resolvers at all.
+    #[serde(default = "default_true")]
+    pub allow_sandbox_queries: bool,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            upstreams: Vec::new(),
+            min_ttl: default_min_ttl(),
+            max_ttl: default_max_ttl(),
+            grace: default_grace(),
+            timeout_ms: default_timeout_ms(),
+            sandbox_resolvers: Vec::new(),
+            allow_sandbox_queries: true,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            always_deny: default_always_deny(),
+            refusal: Refusal::default(),
+            nft: default_nft(),
+            dns: DnsConfig::default(),
+            reconcile_concurrency: default_reconcile_concurrency(),
+        }
+    }
+}
+
+fn default_always_deny() -> Vec<String> {
+    DEFAULT_ALWAYS_DENY
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+}
+fn default_nft() -> String {
+    "nft".to_owned()
+}
+fn default_min_ttl() -> u64 {
+    5
+}
+fn default_max_ttl() -> u64 {
+    300
+}
+fn default_grace() -> u64 {
+    120
+}
+fn default_timeout_ms() -> u64 {
+    2_000
+}
+fn default_true() -> bool {
+    true
+}
+fn default_reconcile_concurrency() -> usize {
+    8
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("read config {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {source}")]
+    Parse {
+        path: String,
+        source: Box<toml::de::Error>,
+    },
+    #[error("config {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl Config {
+    /// Loads the file; a missing file at the default path means defaults.
+    pub fn load(path: &Path, required: bool) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok(Self::default())
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: shown,
+                    source,
+                })
+            }
+        };
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: shown.clone(),
+            source: Box::new(source),
+        })?;
+        config
+            .always_deny_nets()
+            .map_err(|message| ConfigError::Invalid {
+                path: shown.clone(),
+                message,
+            })?;
+        if config.dns.min_ttl == 0 || config.dns.min_ttl > config.dns.max_ttl {
+            return Err(ConfigError::Invalid {
+                path: shown,
+                message: "dns.min_ttl must be at least 1 and at most dns.max_ttl".into(),
+            });
+        }
+        Ok(config)
+    }
+
+    /// The always-deny list, parsed with the same strict rules as policies.
+    pub fn always_deny_nets(&self) -> Result<Vec<IpNet>, String> {
+        self.always_deny
+            .iter()
+            .enumerate()
+            .map(
+                |(i, entry)| match sbx_proto::policy::parse_destination(entry) {
+                    Ok(sbx_proto::policy::Destination::Net(net)) => Ok(net),
+                    Ok(sbx_proto::policy::Destination::Domain(_)) => Err(format!(
+                        "always_deny[{i}] {entry:?}: only addresses and CIDRs are allowed"
+                    )),
+                    Err(e) => Err(format!("always_deny[{i}] {entry:?}: {e}")),
+                },
+            )
+            .collect()
+    }
+
+    pub fn lookup_timeout(&self) -> Duration {
+        Duration::from_millis(self.dns.timeout_ms.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_unknown_keys() {
+        let c: Config = toml::from_str("").unwrap();
+        assert_eq!(c.always_deny, DEFAULT_ALWAYS_DENY);
+        assert!(toml::from_str::<Config>("always_dney = []").is_err());
+        let c: Config =
+            toml::from_str("refusal = \"drop\"\n[dns]\nmin_ttl = 1\ngrace = 2\n").unwrap();
+        assert_eq!(c.refusal, Refusal::Drop);
+        assert_eq!((c.dns.min_ttl, c.dns.grace), (1, 2));
+    }
+}

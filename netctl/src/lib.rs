@@ -1,0 +1,16 @@
+//! netctl: turns each sandbox's egress policy into nftables rules inside
+//! that sandbox's network namespace, and keeps DNS-derived sets fresh.
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod dns;
+pub mod manager;
+pub mod metrics;
+pub mod netns;
+pub mod nft;
+pub mod ruleset;
+pub mod serve;
+pub mod store;
+pub mod view;

@@ -1,0 +1,183 @@
+//! Applying batches and reading counters with `nft`, inside a namespace.
+//!
+//! The nftables crate serialises our typed batch to JSON and feeds it to
+//! `nft -j -f -`, which commits it as one kernel transaction. No request
+//! data ever reaches nft as text.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use nftables::schema::Nftables;
+
+use crate::netns::{self, NetnsError};
+use crate::ruleset::{COUNTER_ACCEPTED, COUNTER_REFUSED, TABLE};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("nft in {netns}: {message}")]
+    Nft { netns: PathBuf, message: String },
+}
+
+/// How nft ended when it did not succeed.
+#[derive(Debug)]
+enum RunError {
+    /// nft ran and refused (for a listing: usually "no such table").
+    Failed(String),
+    /// nft could not be run at all.
+    Spawn(String),
+}
+
+/// How to call nft.
+#[derive(Debug, Clone)]
+pub struct Nft {
+    program: String,
+}
+
+/// Packets our rules accepted and refused (named counters; they survive
+/// re-applies of the same table).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counters {
+    pub accepted: u64,
+    pub refused: u64,
+}
+
+impl Nft {
+    pub fn new(program: impl Into<String>) -> Self {
+        Self {
+            program: program.into(),
+        }
+    }
+
+    /// Commits `batch` in the namespace as one transaction.
+    pub async fn apply(&self, netns: &Path, batch: &Nftables<'_>) -> Result<(), NftError> {
+        let ns = netns.to_path_buf();
+        let json = serde_json::to_string(batch).map_err(|e| NftError::Nft {
+            netns: ns.clone(),
+            message: format!("serialise batch: {e}"),
+        })?;
+        let program = self.program.clone();
+        netns::run_in(netns, move || run(&program, &["-j", "-f", "-"], Some(json)))
+            .await?
+            .map(drop)
+            .map_err(|e| NftError::Nft {
+                netns: ns,
+                message: match e {
+                    RunError::Failed(m) | RunError::Spawn(m) => m,
+                },
+            })
+    }
+
+    /// Reads our named counters; `None` when our table is not there.
+    pub async fn counters(&self, netns: &Path) -> Result<Option<Counters>, NftError> {
+        let Some(raw) = self
+            .list(netns, &["-j", "list", "counters", "table", "inet", TABLE])
+            .await?
+        else {
+            return Ok(None);
+        };
+        parse_counters(&raw)
+            .map(Some)
+            .map_err(|message| NftError::Nft {
+                netns: netns.to_path_buf(),
+                message,
+            })
+    }
+
+    /// The table as nft prints it (text), for tests and `show --rules`;
+    /// `None` when our table is not there.
+    pub async fn list_table(&self, netns: &Path) -> Result<Option<String>, NftError> {
+        self.list(netns, &["list", "table", "inet", TABLE]).await
+    }
+
+    async fn list(&self, netns: &Path, args: &[&'static str]) -> Result<Option<String>, NftError> {
+        let program = self.program.clone();
+        let args: Vec<&'static str> = args.to_vec();
+        match netns::run_in(netns, move || run(&program, &args, None)).await? {
+            Ok(out) => Ok(Some(out)),
+            Err(RunError::Failed(_)) => Ok(None),
+            Err(RunError::Spawn(message)) => Err(NftError::Nft {
+                netns: netns.to_path_buf(),
+                message,
+            }),
+        }
+    }
+}
+
+/// Runs nft on the current thread (which has entered the namespace), with
+/// all three streams piped so its complaints end up in our error.
+fn run(program: &str, args: &[&str], stdin: Option<String>) -> Result<String, RunError> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| RunError::Spawn(format!("run {program}: {e}")))?;
+    // Written from another thread so a large batch cannot deadlock against
+    // nft filling its output pipes.
+    let writer = match (stdin, child.stdin.take()) {
+        (Some(input), Some(mut pipe)) => Some(std::thread::spawn(move || {
+            let _ = pipe.write_all(input.as_bytes());
+        })),
+        _ => None,
+    };
+    let output = child
+        .wait_with_output()
+        .map_err(|e| RunError::Spawn(format!("wait for {program}: {e}")))?;
+    if let Some(writer) = writer {
+        let _ = writer.join();
+    }
+    if output.status.success() {
+        return String::from_utf8(output.stdout)
+            .map_err(|e| RunError::Failed(format!("output not UTF-8: {e}")));
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let first = stderr
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("no error message");
+    Err(RunError::Failed(format!(
+        "{} ({})",
+        first.trim(),
+        output.status
+    )))
+}
+
+fn parse_counters(raw: &str) -> Result<Counters, String> {
+    let value: serde_json::Value = serde_json::from_str(raw).map_err(|e| e.to_string())?;
+    let mut counters = Counters::default();
+    let objects = value["nftables"]
+        .as_array()
+        .ok_or_else(|| "no nftables array".to_owned())?;
+    for obj in objects {
+        let Some(counter) = obj.get("counter") else {
+            continue;
+        };
+        let packets = counter["packets"].as_u64().unwrap_or(0);
+        match counter["name"].as_str() {
+            Some(COUNTER_ACCEPTED) => counters.accepted = packets,
+            Some(COUNTER_REFUSED) => counters.refused = packets,
+            _ => {}
+        }
+    }
+    Ok(counters)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_named_counters() {
+        let raw = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+            {"counter": {"family": "inet", "name": "accepted", "table": "sbx_netctl", "handle": 1, "packets": 7, "bytes": 420}},
+            {"counter": {"family": "inet", "name": "refused", "table": "sbx_netctl", "handle": 2, "packets": 3, "bytes": 180}}]}"#;
+        let c = super::parse_counters(raw).unwrap();
+        assert_eq!((c.accepted, c.refused), (7, 3));
+    }
+}

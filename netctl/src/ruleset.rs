@@ -1,0 +1,607 @@
+//! The pure policy → nftables translation. Nothing here touches the kernel,
+//! so the exact rules can be unit-tested.
+//!
+//! Layout of our one table per sandbox netns:
+//!
+//! ```text
+//! table inet sbx_netctl
+//!   chain output  (hook output, filter)  -> jump policy
+//!   chain forward (hook forward, filter) -> iifname <iface> jump policy
+//!   chain policy:
+//!     oif lo accept                                  own loopback
+//!     icmpv6 neighbour discovery, hop limit 255      IPv6 keeps working
+//!     ct state established,related ct direction reply accept
+//!     ip/ip6 daddr @always4/6   goto refuse
+//!     udp/tcp dport 53 to @dns4/6 accept             only if allow_out names a domain
+//!     ip/ip6 daddr @allow4/6    accept
+//!     ip/ip6 daddr @deny4/6     goto refuse
+//!     accept | goto refuse                           allow_internet_access
+//!   chain refuse: counter, tcp reset, icmpx admin-prohibited
+//! ```
+//!
+//! Packets the sandbox originates are judged every time (interval-set
+//! lookups are O(log n)), so a tightened policy also cuts connections that
+//! were opened earlier. Only replies on connections opened *toward* the
+//! sandbox skip the sets.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use nftables::batch::Batch;
+use nftables::expr::{
+    CTDir, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, SetItem, CT,
+};
+use nftables::schema::{
+    Chain, Counter, FlushObject, NfCmd, NfListObject, Nftables, Rule, Set, SetFlag, SetType,
+    SetTypeValue, Table,
+};
+use nftables::stmt::{self, JumpTarget, Match, Operator, Reject, RejectType, Statement};
+use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook, RejectCode};
+
+/// Our table's name in every sandbox netns.
+pub const TABLE: &str = "sbx_netctl";
+const FAMILY: NfFamily = NfFamily::INet;
+/// `priority filter` as a number.
+const PRIO_FILTER: i32 = 0;
+
+const CHAIN_OUTPUT: &str = "output";
+const CHAIN_FORWARD: &str = "forward";
+const CHAIN_POLICY: &str = "policy";
+const CHAIN_REFUSE: &str = "refuse";
+
+pub const COUNTER_ACCEPTED: &str = "accepted";
+pub const COUNTER_REFUSED: &str = "refused";
+
+const DNS_PORT: u32 = 53;
+/// Neighbour discovery is only valid with hop limit 255 (RFC 4861), which
+/// also proves it never left the link.
+const ND_HOP_LIMIT: u32 = 255;
+
+/// Which address families a set holds, and under which name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetKind {
+    Always,
+    Dns,
+    Allow,
+    Deny,
+}
+
+impl SetKind {
+    pub const ALL: [SetKind; 4] = [SetKind::Always, SetKind::Dns, SetKind::Allow, SetKind::Deny];
+
+    fn name(self, v6: bool) -> &'static str {
+        match (self, v6) {
+            (SetKind::Always, false) => "always4",
+            (SetKind::Always, true) => "always6",
+            (SetKind::Dns, false) => "dns4",
+            (SetKind::Dns, true) => "dns6",
+            (SetKind::Allow, false) => "allow4",
+            (SetKind::Allow, true) => "allow6",
+            (SetKind::Deny, false) => "deny4",
+            (SetKind::Deny, true) => "deny6",
+        }
+    }
+}
+
+/// How a refused packet fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Refusal {
+    /// TCP reset, ICMP administratively prohibited: fails fast.
+    #[default]
+    Reject,
+    /// Silent drop: the sender times out.
+    Drop,
+}
+
+/// Merged, non-overlapping contents of one IPv4 and one IPv6 set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Prefixes {
+    pub v4: Vec<Ipv4Net>,
+    pub v6: Vec<Ipv6Net>,
+}
+
+impl Prefixes {
+    /// Folds IPv4-mapped IPv6 into IPv4 and merges overlapping or adjacent
+    /// prefixes: nftables refuses overlapping intervals in one set.
+    pub fn merge<'a>(nets: impl IntoIterator<Item = &'a IpNet>) -> Self {
+        let mut v4 = Vec::new();
+        let mut v6 = Vec::new();
+        for net in nets {
+            match sbx_proto::policy::fold_mapped(*net) {
+                IpNet::V4(n) => v4.push(n),
+                IpNet::V6(n) => v6.push(n),
+            }
+        }
+        Self {
+            v4: Ipv4Net::aggregate(&v4),
+            v6: Ipv6Net::aggregate(&v6),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Everything the rules depend on, already resolved to prefixes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    pub iface: Option<String>,
+    pub allow_internet_access: bool,
+    pub refusal: Refusal,
+    pub always: Prefixes,
+    pub dns: Prefixes,
+    pub allow: Prefixes,
+    pub deny: Prefixes,
+}
+
+impl Desired {
+    fn set(&self, kind: SetKind) -> &Prefixes {
+        match kind {
+            SetKind::Always => &self.always,
+            SetKind::Dns => &self.dns,
+            SetKind::Allow => &self.allow,
+            SetKind::Deny => &self.deny,
+        }
+    }
+}
+
+/// The whole table, as one transaction. Objects are added (a no-op when
+/// they exist, so named counters keep counting), then every chain and set
+/// is flushed and refilled: the kernel swaps old for new atomically, and a
+/// failure anywhere leaves the old rules whole.
+pub fn full(desired: &Desired) -> Nftables<'static> {
+    let mut batch = Batch::new();
+    batch.add(NfListObject::Table(table()));
+    for name in [COUNTER_ACCEPTED, COUNTER_REFUSED] {
+        batch.add(NfListObject::Counter(Counter {
+            family: FAMILY,
+            table: TABLE.into(),
+            name: name.into(),
+            handle: None,
+            packets: None,
+            bytes: None,
+        }));
+    }
+    for kind in SetKind::ALL {
+        for v6 in [false, true] {
+            batch.add(NfListObject::Set(Box::new(set_decl(kind, v6))));
+        }
+    }
+    batch.add(NfListObject::Chain(base_chain(
+        CHAIN_OUTPUT,
+        NfHook::Output,
+    )));
+    batch.add(NfListObject::Chain(base_chain(
+        CHAIN_FORWARD,
+        NfHook::Forward,
+    )));
+    batch.add(NfListObject::Chain(chain(CHAIN_POLICY)));
+    batch.add(NfListObject::Chain(chain(CHAIN_REFUSE)));
+    for name in [CHAIN_OUTPUT, CHAIN_FORWARD, CHAIN_POLICY, CHAIN_REFUSE] {
+        batch.add_cmd(NfCmd::Flush(FlushObject::Chain(chain(name))));
+    }
+    refill_sets(&mut batch, desired, &SetKind::ALL);
+
+    batch.add(rule(CHAIN_OUTPUT, vec![jump(CHAIN_POLICY)]));
+    if let Some(iface) = &desired.iface {
+        batch.add(rule(
+            CHAIN_FORWARD,
+            vec![
+                eq(
+                    meta(MetaKey::Iifname),
+                    Expression::String(iface.clone().into()),
+                ),
+                jump(CHAIN_POLICY),
+            ],
+        ));
+    }
+    for r in policy_rules(desired) {
+        batch.add(rule(CHAIN_POLICY, r));
+    }
+    for r in refuse_rules(desired.refusal) {
+        batch.add(rule(CHAIN_REFUSE, r));
+    }
+    batch.to_nftables()
+}
+
+/// Only the allow and deny sets, for a DNS refresh: the rules stay as they
+/// are, and the swap is still one transaction.
+pub fn sets_only(desired: &Desired) -> Nftables<'static> {
+    let mut batch = Batch::new();
+    refill_sets(&mut batch, desired, &[SetKind::Allow, SetKind::Deny]);
+    batch.to_nftables()
+}
+
+/// Removes our table. Adding it first makes the delete succeed whether or
+/// not the table is there, in one transaction.
+pub fn remove() -> Nftables<'static> {
+    let mut batch = Batch::new();
+    batch.add(NfListObject::Table(table()));
+    batch.delete(NfListObject::Table(table()));
+    batch.to_nftables()
+}
+
+fn refill_sets(batch: &mut Batch<'static>, desired: &Desired, kinds: &[SetKind]) {
+    for &kind in kinds {
+        let prefixes = desired.set(kind);
+        for v6 in [false, true] {
+            batch.add_cmd(NfCmd::Flush(FlushObject::Set(Box::new(set_decl(kind, v6)))));
+            let elems: Vec<Expression<'static>> = if v6 {
+                prefixes
+                    .v6
+                    .iter()
+                    .map(|n| prefix_expr(IpNet::V6(*n)))
+                    .collect()
+            } else {
+                prefixes
+                    .v4
+                    .iter()
+                    .map(|n| prefix_expr(IpNet::V4(*n)))
+                    .collect()
+            };
+            if !elems.is_empty() {
+                batch.add(NfListObject::Element(nftables::schema::Element {
+                    family: FAMILY,
+                    table: TABLE.into(),
+                    name: kind.name(v6).into(),
+                    elem: Cow::Owned(elems),
+                }));
+            }
+        }
+    }
+}
+
+fn policy_rules(desired: &Desired) -> Vec<Vec<Statement<'static>>> {
+    let mut rules = vec![
+        vec![
+            eq(meta(MetaKey::Oif), Expression::String("lo".into())),
+            accept(),
+        ],
+        vec![
+            eq(
+                meta(MetaKey::L4proto),
+                Expression::String("ipv6-icmp".into()),
+            ),
+            Statement::Match(Match {
+                left: payload("icmpv6", "type"),
+                right: Expression::Named(NamedExpression::Set(vec![
+                    SetItem::Element(Expression::String("nd-router-solicit".into())),
+                    SetItem::Element(Expression::String("nd-neighbor-solicit".into())),
+                    SetItem::Element(Expression::String("nd-neighbor-advert".into())),
+                ])),
+                op: Operator::EQ,
+            }),
+            eq(payload("ip6", "hoplimit"), Expression::Number(ND_HOP_LIMIT)),
+            accept(),
+        ],
+        vec![
+            Statement::Match(Match {
+                left: ct("state", None),
+                right: Expression::List(vec![
+                    Expression::String("established".into()),
+                    Expression::String("related".into()),
+                ]),
+                op: Operator::IN,
+            }),
+            eq(ct("direction", None), Expression::String("reply".into())),
+            accept(),
+        ],
+    ];
+    for v6 in [false, true] {
+        rules.push(vec![daddr_in(SetKind::Always, v6), goto(CHAIN_REFUSE)]);
+    }
+    if !desired.dns.is_empty() {
+        for v6 in [false, true] {
+            for proto in ["udp", "tcp"] {
+                rules.push(vec![
+                    daddr_in(SetKind::Dns, v6),
+                    eq(payload(proto, "dport"), Expression::Number(DNS_PORT)),
+                    count(COUNTER_ACCEPTED),
+                    accept(),
+                ]);
+            }
+        }
+    }
+    for v6 in [false, true] {
+        rules.push(vec![
+            daddr_in(SetKind::Allow, v6),
+            count(COUNTER_ACCEPTED),
+            accept(),
+        ]);
+    }
+    for v6 in [false, true] {
+        rules.push(vec![daddr_in(SetKind::Deny, v6), goto(CHAIN_REFUSE)]);
+    }
+    if desired.allow_internet_access {
+        rules.push(vec![count(COUNTER_ACCEPTED), accept()]);
+    } else {
+        rules.push(vec![goto(CHAIN_REFUSE)]);
+    }
+    rules
+}
+
+fn refuse_rules(refusal: Refusal) -> Vec<Vec<Statement<'static>>> {
+    match refusal {
+        Refusal::Drop => vec![vec![count(COUNTER_REFUSED), Statement::Drop(None)]],
+        Refusal::Reject => vec![
+            vec![count(COUNTER_REFUSED)],
+            vec![
+                eq(meta(MetaKey::L4proto), Expression::String("tcp".into())),
+                Statement::Reject(Some(Reject::new(Some(RejectType::TCPReset), None))),
+            ],
+            vec![Statement::Reject(Some(Reject::new(
+                Some(RejectType::ICMPX),
+                Some(RejectCode::AdminProhibited),
+            )))],
+        ],
+    }
+}
+
+fn table() -> Table<'static> {
+    Table {
+        family: FAMILY,
+        name: TABLE.into(),
+        handle: None,
+    }
+}
+
+fn chain(name: &'static str) -> Chain<'static> {
+    Chain {
+        family: FAMILY,
+        table: TABLE.into(),
+        name: name.into(),
+        ..Chain::default()
+    }
+}
+
+fn base_chain(name: &'static str, hook: NfHook) -> Chain<'static> {
+    Chain {
+        _type: Some(NfChainType::Filter),
+        hook: Some(hook),
+        prio: Some(PRIO_FILTER),
+        policy: Some(NfChainPolicy::Accept),
+        ..chain(name)
+    }
+}
+
+fn set_decl(kind: SetKind, v6: bool) -> Set<'static> {
+    Set {
+        family: FAMILY,
+        table: TABLE.into(),
+        name: kind.name(v6).into(),
+        set_type: SetTypeValue::Single(if v6 {
+            SetType::Ipv6Addr
+        } else {
+            SetType::Ipv4Addr
+        }),
+        flags: Some(HashSet::from([SetFlag::Interval])),
+        ..Set::default()
+    }
+}
+
+fn rule(chain: &'static str, expr: Vec<Statement<'static>>) -> NfListObject<'static> {
+    NfListObject::Rule(Rule {
+        family: FAMILY,
+        table: TABLE.into(),
+        chain: chain.into(),
+        expr: Cow::Owned(expr),
+        handle: None,
+        index: None,
+        comment: None,
+    })
+}
+
+fn prefix_expr(net: IpNet) -> Expression<'static> {
+    let addr = Expression::String(net.addr().to_string().into());
+    if net.prefix_len() == net.max_prefix_len() {
+        addr
+    } else {
+        Expression::Named(NamedExpression::Prefix(Prefix {
+            addr: Box::new(addr),
+            len: u32::from(net.prefix_len()),
+        }))
+    }
+}
+
+fn meta(key: MetaKey) -> Expression<'static> {
+    Expression::Named(NamedExpression::Meta(Meta { key }))
+}
+
+fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
+    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+        PayloadField {
+            protocol: protocol.into(),
+            field: field.into(),
+        },
+    )))
+}
+
+fn ct(key: &'static str, dir: Option<CTDir>) -> Expression<'static> {
+    Expression::Named(NamedExpression::CT(CT {
+        key: key.into(),
+        family: None,
+        dir,
+    }))
+}
+
+fn eq(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
+    Statement::Match(Match {
+        left,
+        right,
+        op: Operator::EQ,
+    })
+}
+
+fn daddr_in(kind: SetKind, v6: bool) -> Statement<'static> {
+    let proto = if v6 { "ip6" } else { "ip" };
+    eq(
+        payload(proto, "daddr"),
+        Expression::String(format!("@{}", kind.name(v6)).into()),
+    )
+}
+
+fn accept() -> Statement<'static> {
+    Statement::Accept(None)
+}
+
+fn jump(target: &'static str) -> Statement<'static> {
+    Statement::Jump(JumpTarget {
+        target: target.into(),
+    })
+}
+
+fn goto(target: &'static str) -> Statement<'static> {
+    Statement::Goto(JumpTarget {
+        target: target.into(),
+    })
+}
+
+fn count(name: &'static str) -> Statement<'static> {
+    Statement::Counter(stmt::Counter::Named(name.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desired() -> Desired {
+        Desired {
+            iface: None,
+            allow_internet_access: true,
+            refusal: Refusal::Reject,
+            always: Prefixes::merge(&[
+                "169.254.0.0/16".parse().unwrap(),
+                "fe80::/10".parse().unwrap(),
+            ]),
+            dns: Prefixes::default(),
+            allow: Prefixes::default(),
+            deny: Prefixes::default(),
+        }
+    }
+
+    #[test]
+    fn merges_overlapping_and_adjacent_prefixes() {
+        let nets: Vec<IpNet> = [
+            "192.0.2.0/25",
+            "192.0.2.128/25",
+            "192.0.2.7/32",
+            "198.51.100.0/24",
+            "198.51.100.9/32",
+            "::ffff:203.0.113.5/128",
+            "2001:db8::/33",
+            "2001:db8:8000::/33",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        let merged = Prefixes::merge(&nets);
+        let v4: Vec<String> = merged.v4.iter().map(|n| n.to_string()).collect();
+        let v6: Vec<String> = merged.v6.iter().map(|n| n.to_string()).collect();
+        assert_eq!(v4, ["192.0.2.0/24", "198.51.100.0/24", "203.0.113.5/32"]);
+        assert_eq!(v6, ["2001:db8::/32"]);
+    }
+
+    fn json(n: &Nftables) -> serde_json::Value {
+        serde_json::to_value(n).unwrap()
+    }
+
+    fn rules_of(n: &Nftables, chain: &str) -> Vec<serde_json::Value> {
+        json(n)["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|o| o.get("add").and_then(|a| a.get("rule")))
+            .filter(|r| r["chain"] == chain)
+            .map(|r| r["expr"].clone())
+            .collect()
+    }
+
+    #[test]
+    fn order_follows_the_spec() {
+        let mut d = desired();
+        d.allow_internet_access = false;
+        let n = full(&d);
+        let rules = rules_of(&n, CHAIN_POLICY);
+        let text: Vec<String> = rules.iter().map(|r| r.to_string()).collect();
+        let pos = |needle: &str| {
+            text.iter()
+                .position(|t| t.contains(needle))
+                .unwrap_or_else(|| panic!("{needle} missing in {text:#?}"))
+        };
+        assert!(pos("\"lo\"") < pos("\"direction\""));
+        assert!(pos("\"direction\"") < pos("@always4"));
+        assert!(pos("@always6") < pos("@allow4"));
+        assert!(pos("@allow6") < pos("@deny4"));
+        // No DNS opening without a domain in allow_out.
+        assert!(!text.iter().any(|t| t.contains("@dns4")));
+        // Final verdict refuses.
+        let last = text.last().unwrap();
+        assert!(
+            last.contains("goto") && last.contains(CHAIN_REFUSE),
+            "{last}"
+        );
+    }
+
+    #[test]
+    fn default_allow_ends_in_accept() {
+        let n = full(&desired());
+        let rules = rules_of(&n, CHAIN_POLICY);
+        let last = rules.last().unwrap().to_string();
+        assert!(
+            last.contains("accept") && last.contains(COUNTER_ACCEPTED),
+            "{last}"
+        );
+    }
+
+    #[test]
+    fn forward_chain_only_with_iface() {
+        assert!(rules_of(&full(&desired()), CHAIN_FORWARD).is_empty());
+        let mut d = desired();
+        d.iface = Some("tap0".into());
+        let fwd = rules_of(&full(&d), CHAIN_FORWARD);
+        assert_eq!(fwd.len(), 1);
+        assert!(fwd[0].to_string().contains("tap0"));
+    }
+
+    #[test]
+    fn refusal_is_fast() {
+        let rules = rules_of(&full(&desired()), CHAIN_REFUSE);
+        let text = serde_json::Value::Array(rules).to_string();
+        assert!(text.contains("tcp reset"), "{text}");
+        assert!(text.contains("admin-prohibited"), "{text}");
+    }
+
+    #[test]
+    fn sets_carry_prefixes_and_hosts() {
+        let mut d = desired();
+        d.deny = Prefixes::merge(&[
+            "192.0.2.0/24".parse().unwrap(),
+            "2001:db8::5/128".parse().unwrap(),
+        ]);
+        let text = json(&full(&d)).to_string();
+        assert!(
+            text.contains(r#"{"prefix":{"addr":"192.0.2.0","len":24}}"#),
+            "{text}"
+        );
+        assert!(text.contains(r#""2001:db8::5""#), "{text}");
+    }
+
+    #[test]
+    fn refresh_touches_only_allow_and_deny_sets() {
+        let text = json(&sets_only(&desired())).to_string();
+        assert!(text.contains("allow4") && text.contains("deny6"));
+        assert!(!text.contains("always4") && !text.contains("\"rule\""));
+    }
+
+    #[test]
+    fn same_input_same_batch() {
+        assert_eq!(json(&full(&desired())), json(&full(&desired())));
+    }
+}

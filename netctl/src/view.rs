@@ -1,0 +1,51 @@
+//! What the API answers about a sandbox (shared by the daemon and the CLI).
+
+use sbx_proto::policy::NetworkPolicy;
+use serde::{Deserialize, Serialize};
+
+use crate::nft::Counters;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxView {
+    pub id: String,
+    pub netns: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iface: Option<String>,
+    /// `null`: no policy, everything allowed.
+    pub network: Option<NetworkPolicy>,
+    /// Whether the rules last computed are in the kernel.
+    pub applied: bool,
+    /// Why the last apply or refresh failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Resolved addresses per domain name.
+    pub names: Vec<NameView>,
+    /// Packets our rules accepted and refused; only on single-sandbox reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counters: Option<Counters>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NameView {
+    pub name: String,
+    pub addresses: Vec<AddressView>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_at_ms: Option<u64>,
+    pub next_refresh_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AddressView {
+    pub address: std::net::IpAddr,
+    /// Unix milliseconds after which the address leaves the set unless a
+    /// newer answer renews it.
+    pub expires_at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub sandboxes: usize,
+}

@@ -6,6 +6,7 @@ mod config;
 mod error;
 mod files;
 mod process;
+mod pty;
 mod routes;
 mod server;
 mod state;

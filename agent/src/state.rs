@@ -7,6 +7,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::config::Config;
 use crate::process::ProcessTable;
+use crate::pty::PtyTable;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -18,6 +19,8 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// Processes started through the API.
     pub processes: Arc<ProcessTable>,
+    /// PTY sessions.
+    pub ptys: Arc<PtyTable>,
 }
 
 impl AppState {
@@ -25,6 +28,10 @@ impl AppState {
         Self {
             tunnels: Arc::new(Semaphore::new(config.max_tunnels)),
             processes: Arc::new(ProcessTable::new(config.limits.clone())),
+            ptys: Arc::new(PtyTable::new(
+                config.limits.max_pty_sessions,
+                config.limits.pty_pending_bytes,
+            )),
             config,
             started: Instant::now(),
             shutdown,

@@ -3,6 +3,7 @@
 mod extract;
 mod files;
 mod processes;
+mod pty;
 mod system;
 
 use std::sync::Arc;
@@ -29,6 +30,10 @@ pub fn router(state: AppState, auth: Arc<Authenticator>) -> Router {
             get(files::read).put(files::write).delete(files::delete),
         )
         .route("/api/v1/files/list", get(files::list))
+        .route("/api/v1/pty", get(pty::list).post(pty::create))
+        .route("/api/v1/pty/{id}", get(pty::get).delete(pty::delete))
+        .route("/api/v1/pty/{id}/resize", post(pty::resize))
+        .route("/api/v1/pty/{id}/ws", get(pty::websocket))
         .route("/api/v1/processes/run", post(processes::run))
         .route(
             "/api/v1/processes/{pid}",

@@ -1,0 +1,108 @@
+//! The PTY WebSocket: binary frames with a one-byte opcode.
+//!
+//! In: `0x00` data, `0x01` resize (cols u16 BE, rows u16 BE), `0x02` ready.
+//! Out: `0x00` data, `0x03` exit (i32 BE), then a close with reason
+//! `exit:<code>`. Output is held until the client sends READY, so nothing
+//! printed before the client was listening is lost (up to the buffer bound).
+
+use std::sync::Arc;
+
+use bytes::{BufMut as _, BytesMut};
+use futures_util::{SinkExt as _, StreamExt as _};
+use hyper_util::rt::TokioIo;
+use sbx_proto::api::pty_op;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use super::{Out, Session};
+
+/// Output chunks queued for a client before the reader waits for it.
+const OUT_QUEUE: usize = 32;
+/// Largest frame a client may send (input is typed, not uploaded).
+const MAX_IN_FRAME: usize = 1024 * 1024;
+
+fn frame(op: u8, payload: &[u8]) -> Message {
+    let mut buf = BytesMut::with_capacity(payload.len() + 1);
+    buf.put_u8(op);
+    buf.put_slice(payload);
+    Message::Binary(buf.freeze())
+}
+
+/// Serves one attached client until it leaves or the program exits.
+pub async fn serve(session: Arc<Session>, upgraded: hyper::upgrade::Upgraded) {
+    let config = WebSocketConfig::default()
+        .max_frame_size(Some(MAX_IN_FRAME))
+        .max_message_size(Some(MAX_IN_FRAME));
+    let ws =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+    let (mut sink, mut incoming) = ws.split();
+    let (tx, mut rx) = mpsc::channel::<Out>(OUT_QUEUE);
+    let mut ready = false;
+    let mut exit_code: Option<i32> = None;
+
+    loop {
+        tokio::select! {
+            msg = incoming.next() => match msg {
+                Some(Ok(Message::Binary(data))) => match data.first().copied() {
+                    Some(pty_op::DATA) => {
+                        if let Err(err) = session.write_input(&data[1..]).await {
+                            tracing::debug!(session = %session.id, error = %err, "terminal input failed");
+                        }
+                    }
+                    Some(pty_op::RESIZE) if data.len() >= 5 => {
+                        let cols = u16::from_be_bytes([data[1], data[2]]);
+                        let rows = u16::from_be_bytes([data[3], data[4]]);
+                        if let Err(err) = session.resize(rows, cols) {
+                            tracing::debug!(session = %session.id, error = %err.message, "resize refused");
+                        }
+                    }
+                    Some(pty_op::READY) if !ready => {
+                        ready = true;
+                        let (pending, exit) = session.attach(tx.clone());
+                        if !pending.is_empty() && sink.send(frame(pty_op::DATA, &pending)).await.is_err() {
+                            break;
+                        }
+                        if let Some(code) = exit {
+                            exit_code = Some(code);
+                            break;
+                        }
+                    }
+                    _ => {}
+                },
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                // Text frames, pings (answered by tungstenite) and pongs.
+                Some(Ok(_)) => {}
+            },
+            out = rx.recv() => match out {
+                Some(Out::Data(data)) => {
+                    if sink.send(frame(pty_op::DATA, &data)).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Out::Exit(code)) => {
+                    exit_code = Some(code);
+                    break;
+                }
+                None => break,
+            },
+        }
+    }
+    session.detach(&tx);
+    if let Some(code) = exit_code {
+        let _ = sink.send(frame(pty_op::EXIT, &code.to_be_bytes())).await;
+        let _ = sink
+            .send(Message::Close(Some(CloseFrame {
+                code: CloseCode::Normal,
+                reason: format!("exit:{code}").into(),
+            })))
+            .await;
+        // Let the client's close frame come back before dropping the socket.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            while let Some(Ok(_)) = incoming.next().await {}
+        })
+        .await;
+    }
+}

@@ -1,0 +1,379 @@
+//! The measurements, each taken on every route in the same run and turned
+//! into table rows with their targets.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+
+use crate::load;
+use crate::procs::{self, Spawned};
+use crate::report::{ratio, Row, Unit};
+use crate::rig::Route;
+use crate::stats::{median, percentile};
+use crate::ws::{Conn, Endpoint};
+
+/// Single-stream throughput the tunnel must reach, as a share of direct.
+const MIN_SHARE_OF_DIRECT: f64 = 0.60;
+const MAX_ADDED_RTT_P50: Duration = Duration::from_micros(50);
+const MAX_OPEN_P50: Duration = Duration::from_millis(1);
+const MAX_IDLE_RSS: f64 = 10e6;
+const MAX_LOADED_RSS: f64 = 64e6;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub bytes: u64,
+    pub multi_bytes: u64,
+    pub streams: usize,
+    pub repeat: usize,
+    pub rtt_size: usize,
+    pub rtt_warmup: usize,
+    pub rtt_count: usize,
+    pub open_count: usize,
+    pub idle_tunnels: usize,
+}
+
+/// One route with the processes that carry it (none for direct).
+pub struct Lane<'a> {
+    pub route: Route,
+    pub procs: Vec<&'a Spawned>,
+}
+
+pub struct Lanes<'a> {
+    pub tunnel: Lane<'a>,
+    pub direct: Lane<'a>,
+    pub peer: Option<Lane<'a>>,
+}
+
+/// A figure per route.
+#[derive(Debug, Clone, Copy, Default)]
+struct Trio {
+    tunnel: Option<f64>,
+    direct: Option<f64>,
+    peer: Option<f64>,
+}
+
+fn progress(what: &str) {
+    eprintln!("tunnel-bench: {what}");
+}
+
+/// Throughput rows: median over `repeat` interleaved runs per route, plus
+/// the CPU both tunnel ends burn per GB (the relay's cost, whatever the
+/// machine's load).
+pub fn throughput(lanes: &Lanes, s: &Settings, streams: usize, rows: &mut Vec<Row>) -> Result<()> {
+    let total = if streams == 1 { s.bytes } else { s.multi_bytes };
+    progress(&format!(
+        "throughput, {streams} stream(s), {} MB per run, {} runs per route",
+        total / 1_000_000,
+        s.repeat
+    ));
+    let mut rates: [Vec<f64>; 3] = Default::default();
+    let mut cpu: [Vec<f64>; 3] = Default::default();
+    for _ in 0..s.repeat {
+        for (i, lane) in lane_list(lanes) {
+            let before = cpu_of(&lane.procs)?;
+            let rate = load::throughput(lane.route.sink, total, streams)
+                .with_context(|| format!("{} throughput via {}", streams, LABELS[i]))?;
+            let spent = cpu_of(&lane.procs)? - before;
+            rates[i].push(rate);
+            cpu[i].push(spent / (total as f64 / 1e9));
+        }
+    }
+    let t = trio(&rates);
+    let label = if streams == 1 {
+        "throughput, 1 stream".to_owned()
+    } else {
+        format!("throughput, {streams} streams")
+    };
+    let mut ratios = vec![
+        ratio("/direct", t.tunnel, t.direct),
+        ratio("/peer", t.tunnel, t.peer),
+    ];
+    ratios.retain(Option::is_some);
+    let mut row = Row::info(label, Unit::Throughput)
+        .values(t.tunnel, t.direct, t.peer)
+        .ratios(ratios.into_iter().flatten().collect::<Vec<_>>().join(", "));
+    if streams == 1 {
+        let met = match (t.tunnel, t.direct) {
+            (Some(tun), Some(dir)) => {
+                Some(tun >= MIN_SHARE_OF_DIRECT * dir && t.peer.is_none_or(|p| tun > p))
+            }
+            _ => None,
+        };
+        row = row.target(">= 60% direct, > peer", met);
+    }
+    rows.push(row);
+    let c = trio(&cpu);
+    rows.push(
+        Row::info(
+            format!("  CPU of tunnel ends, {streams} stream(s)"),
+            Unit::CpuPerGb,
+        )
+        .values(c.tunnel, None, c.peer)
+        .ratios(ratio("/peer", c.tunnel, c.peer).unwrap_or_default()),
+    );
+    Ok(())
+}
+
+/// Round-trip latency of small ping-pongs on one connection per route.
+pub fn latency(lanes: &Lanes, s: &Settings, rows: &mut Vec<Row>) -> Result<()> {
+    progress(&format!(
+        "latency, {} round trips of {} bytes per route",
+        s.rtt_count, s.rtt_size
+    ));
+    let mut p50 = Trio::default();
+    let mut p99 = Trio::default();
+    for (i, lane) in lane_list(lanes) {
+        let samples = load::ping_pong(lane.route.echo, s.rtt_size, s.rtt_warmup, s.rtt_count)
+            .with_context(|| format!("ping-pong via {}", LABELS[i]))?;
+        set(
+            &mut p50,
+            i,
+            percentile(&samples, 50.0).map(|d| d.as_secs_f64()),
+        );
+        set(
+            &mut p99,
+            i,
+            percentile(&samples, 99.0).map(|d| d.as_secs_f64()),
+        );
+    }
+    let added = |t: Trio| t.tunnel.zip(t.direct).map(|(a, b)| a - b);
+    let added_peer = |t: Trio| t.peer.zip(t.direct).map(|(a, b)| a - b);
+    let describe = |t: Trio| {
+        let mut parts = Vec::new();
+        if let Some(a) = added(t) {
+            parts.push(format!("tunnel +{:.1} µs", a * 1e6));
+        }
+        if let Some(a) = added_peer(t) {
+            parts.push(format!("peer +{:.1} µs", a * 1e6));
+        }
+        parts.join(", ")
+    };
+    let size = s.rtt_size;
+    rows.push(
+        Row::info(format!("RTT {size} B ping-pong, p50"), Unit::Micros)
+            .values(p50.tunnel, p50.direct, p50.peer)
+            .ratios(describe(p50))
+            .target(
+                "added p50 < 50 µs",
+                added(p50).map(|a| a < MAX_ADDED_RTT_P50.as_secs_f64()),
+            ),
+    );
+    rows.push(
+        Row::info(format!("RTT {size} B ping-pong, p99"), Unit::Micros)
+            .values(p99.tunnel, p99.direct, p99.peer)
+            .ratios(describe(p99)),
+    );
+    Ok(())
+}
+
+/// Open time: through each route from connect() to the first echoed byte,
+/// and the agent's own cost (upgrade + local connect) seen by a raw client.
+pub fn open_time(
+    lanes: &Lanes,
+    s: &Settings,
+    agent_ws: &Endpoint,
+    peer_ws: Option<&Endpoint>,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    progress(&format!("open time, {} opens per route", s.open_count));
+    let mut p50 = Trio::default();
+    let mut p99 = Trio::default();
+    for (i, lane) in lane_list(lanes) {
+        let samples = load::open_to_first_byte(lane.route.echo, s.open_count)
+            .with_context(|| format!("open via {}", LABELS[i]))?;
+        set(
+            &mut p50,
+            i,
+            percentile(&samples, 50.0).map(|d| d.as_secs_f64()),
+        );
+        set(
+            &mut p99,
+            i,
+            percentile(&samples, 99.0).map(|d| d.as_secs_f64()),
+        );
+    }
+    let slower = |t: Trio| {
+        t.tunnel
+            .zip(t.direct)
+            .map(|(a, b)| format!("tunnel +{:.0} µs", (a - b) * 1e6))
+            .unwrap_or_default()
+    };
+    rows.push(
+        Row::info("open: connect -> 1st echo, p50", Unit::Micros)
+            .values(p50.tunnel, p50.direct, p50.peer)
+            .ratios(slower(p50)),
+    );
+    rows.push(
+        Row::info("open: connect -> 1st echo, p99", Unit::Micros)
+            .values(p99.tunnel, p99.direct, p99.peer)
+            .ratios(slower(p99)),
+    );
+
+    let (up_agent, echo_agent) = raw_opens(agent_ws, s.open_count).context("raw opens to agent")?;
+    let (up_peer, echo_peer) = match peer_ws {
+        Some(ep) => {
+            let (u, e) = raw_opens(ep, s.open_count).context("raw opens to peer server")?;
+            (Some(u), Some(e))
+        }
+        None => (None, None),
+    };
+    let pct =
+        |v: Option<&Vec<Duration>>, p| v.and_then(|v| percentile(v, p)).map(|d| d.as_secs_f64());
+    for p in [50.0, 99.0] {
+        let tunnel = pct(Some(&up_agent), p);
+        let mut row = Row::info(format!("open: raw WS upgrade -> 101, p{p}"), Unit::Micros)
+            .values(
+                tunnel,
+                p50_or_p99(&p50, &p99, p).direct,
+                pct(up_peer.as_ref(), p),
+            )
+            .ratios("direct = TCP connect -> 1st echo".into());
+        if p == 50.0 {
+            row = row.target("p50 < 1 ms", tunnel.map(|t| t < MAX_OPEN_P50.as_secs_f64()));
+        }
+        rows.push(row);
+    }
+    rows.push(
+        Row::info("open: raw WS upgrade -> 1st echo, p50", Unit::Micros).values(
+            pct(Some(&echo_agent), 50.0),
+            p50.direct,
+            pct(echo_peer.as_ref(), 50.0),
+        ),
+    );
+    Ok(())
+}
+
+fn p50_or_p99(p50: &Trio, p99: &Trio, p: f64) -> Trio {
+    if p == 50.0 {
+        *p50
+    } else {
+        *p99
+    }
+}
+
+/// Times `count` raw WebSocket opens: to the 101, and to the first byte
+/// echoed back through the tunnel.
+fn raw_opens(ep: &Endpoint, count: usize) -> Result<(Vec<Duration>, Vec<Duration>)> {
+    let mut upgrade = Vec::with_capacity(count);
+    let mut first = Vec::with_capacity(count);
+    for _ in 0..count {
+        let start = Instant::now();
+        let mut conn = ep.open()?;
+        upgrade.push(start.elapsed());
+        conn.send_small_binary(b"x")?;
+        let back = conn.recv_small_binary()?;
+        first.push(start.elapsed());
+        anyhow::ensure!(back == b"x", "echo through raw WebSocket returned {back:?}");
+    }
+    Ok((upgrade, first))
+}
+
+/// Memory of the tunnel's server end: idle (measured by the caller before
+/// any load) and with `n` idle tunnels open at once.
+pub fn memory(
+    s: &Settings,
+    agent: &Spawned,
+    agent_ws: &Endpoint,
+    idle: IdleRss,
+    peer: Option<(&Spawned, &Endpoint)>,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let n = s.idle_tunnels;
+    progress(&format!("memory with {n} idle tunnels"));
+    let loaded_agent = rss_with_tunnels(agent, agent_ws, n).context("agent with idle tunnels")?;
+    let loaded_peer = match peer {
+        Some((p, ep)) => Some(rss_with_tunnels(p, ep, n).context("peer with idle tunnels")?),
+        None => None,
+    };
+    // Give closed tunnels a moment to be torn down before the last reading.
+    std::thread::sleep(Duration::from_secs(1));
+    let after = procs::rss_bytes(agent.pid())? as f64;
+
+    rows.push(
+        Row::info("server-end RSS, idle", Unit::Megabytes)
+            .values(Some(idle.agent), None, idle.peer)
+            .ratios(ratio("/peer", Some(idle.agent), idle.peer).unwrap_or_default())
+            .target("< 10 MB", Some(idle.agent < MAX_IDLE_RSS)),
+    );
+    rows.push(
+        Row::info(format!("server-end RSS, {n} idle tunnels"), Unit::Megabytes)
+            .values(Some(loaded_agent), None, loaded_peer)
+            .ratios(ratio("/peer", Some(loaded_agent), loaded_peer).unwrap_or_default())
+            .target("< 64 MB", Some(loaded_agent < MAX_LOADED_RSS)),
+    );
+    rows.push(
+        Row::info("server-end RSS, idle after all runs", Unit::Megabytes).values(
+            Some(after),
+            None,
+            None,
+        ),
+    );
+    Ok(())
+}
+
+/// Idle RSS of the agent and of the peer's server end, read before load.
+#[derive(Debug, Clone, Copy)]
+pub struct IdleRss {
+    pub agent: f64,
+    pub peer: Option<f64>,
+}
+
+/// Opens `n` tunnels to the echo server, checks a sample of them carries
+/// data, reads the server end's RSS, then closes them all.
+fn rss_with_tunnels(server: &Spawned, ep: &Endpoint, n: usize) -> Result<f64> {
+    let mut conns: Vec<Conn> = Vec::with_capacity(n);
+    for i in 0..n {
+        let conn = ep
+            .open()
+            .with_context(|| format!("tunnel {} of {n} to {}", i + 1, server.name()))?;
+        conns.push(conn);
+    }
+    let step = (n / 10).max(1);
+    for conn in conns.iter_mut().step_by(step) {
+        conn.send_small_binary(b"live")?;
+        anyhow::ensure!(
+            conn.recv_small_binary()? == b"live",
+            "idle tunnel lost data"
+        );
+    }
+    // Let the server settle after the burst of opens.
+    std::thread::sleep(Duration::from_millis(500));
+    let rss = procs::rss_bytes(server.pid())? as f64;
+    drop(conns);
+    Ok(rss)
+}
+
+const LABELS: [&str; 3] = ["sbx tunnel", "direct TCP", "peer tool"];
+
+/// The lanes in measuring order with their index into [`LABELS`].
+fn lane_list<'a>(lanes: &'a Lanes<'a>) -> Vec<(usize, &'a Lane<'a>)> {
+    let mut list = vec![(1, &lanes.direct), (0, &lanes.tunnel)];
+    if let Some(p) = &lanes.peer {
+        list.push((2, p));
+    }
+    list
+}
+
+fn set(t: &mut Trio, i: usize, v: Option<f64>) {
+    match i {
+        0 => t.tunnel = v,
+        1 => t.direct = v,
+        _ => t.peer = v,
+    }
+}
+
+fn trio(per_lane: &[Vec<f64>; 3]) -> Trio {
+    Trio {
+        tunnel: median(&per_lane[0]),
+        direct: median(&per_lane[1]),
+        peer: median(&per_lane[2]),
+    }
+}
+
+/// Total CPU seconds of `procs` so far.
+fn cpu_of(procs: &[&Spawned]) -> Result<f64> {
+    procs
+        .iter()
+        .map(|p| procs::cpu_time(p.pid()).map(|d| d.as_secs_f64()))
+        .sum()
+}

@@ -315,9 +315,11 @@ impl ProcessTable {
     /// until it is reaped and ages out); forgets a finished one.
     pub fn kill(&self, pid: u32) -> Result<(), ApiError> {
         let process = self.get(pid)?;
+        // Decided before the kill: a killed process may be reaped at once.
+        let was_running = process.is_running();
         // Whatever it left behind in its group goes too.
         process.signal_group(Signal::SIGKILL);
-        if !process.is_running() {
+        if !was_running {
             self.lock().remove(&pid);
         }
         Ok(())

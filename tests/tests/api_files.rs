@@ -30,7 +30,9 @@ fn list(p: &Path) -> String {
 fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'/' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'/' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -44,7 +46,11 @@ fn write_read_list_delete() {
     let file = dir.path().join("a b/nested/deep/data.bin");
     let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     assert_eq!(c.request("PUT", &files(&file), &[], &payload).status, 204);
-    assert_eq!(std::fs::read(&file).unwrap(), payload, "parents created, content exact");
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        payload,
+        "parents created, content exact"
+    );
     let r = c.get(&files(&file));
     assert_eq!(r.status, 200);
     assert_eq!(r.body, payload);
@@ -55,7 +61,10 @@ fn write_read_list_delete() {
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
     assert_eq!(c.request("PUT", &files(&file), &[], b"short").status, 204);
     assert_eq!(std::fs::read(&file).unwrap(), b"short");
-    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o640);
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
     // Empty files are files too.
     let empty = dir.path().join("empty");
     assert_eq!(c.request("PUT", &files(&empty), &[], b"").status, 204);
@@ -65,10 +74,25 @@ fn write_read_list_delete() {
     std::fs::write(dir.path().join("Afile"), b"12345").unwrap();
     let listing = c.get(&list(dir.path())).json();
     assert_eq!(listing["path"], dir.path().to_string_lossy().as_ref());
-    let names: Vec<_> = listing["entries"].as_array().unwrap().iter().map(|e| (e["name"].as_str().unwrap().to_owned(), e["is_dir"].as_bool().unwrap())).collect();
+    let names: Vec<_> = listing["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_owned(),
+                e["is_dir"].as_bool().unwrap(),
+            )
+        })
+        .collect();
     assert_eq!(
         names,
-        [("a b".into(), true), ("zdir".into(), true), ("Afile".into(), false), ("empty".into(), false)]
+        [
+            ("a b".into(), true),
+            ("zdir".into(), true),
+            ("Afile".into(), false),
+            ("empty".into(), false)
+        ]
     );
     let afile = &listing["entries"][2];
     assert_eq!(afile["size"], 5);
@@ -80,11 +104,21 @@ fn write_read_list_delete() {
     c.delete(&files(&file)).assert_error(404, "NOT_FOUND");
     let sub = dir.path().join("a b");
     c.delete(&files(&sub)).assert_error(400, "IS_DIRECTORY");
-    assert_eq!(c.delete(&format!("{}&recursive=true", files(&sub))).status, 204);
+    assert_eq!(
+        c.delete(&format!("{}&recursive=true", files(&sub))).status,
+        204
+    );
     assert!(!sub.exists());
     // No temporary files left behind.
-    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert!(left.iter().all(|n| !n.to_string_lossy().contains("sbx-upload")), "{left:?}");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        left.iter()
+            .all(|n| !n.to_string_lossy().contains("sbx-upload")),
+        "{left:?}"
+    );
 }
 
 #[test]
@@ -96,28 +130,38 @@ fn error_codes() {
     std::fs::write(&file, b"x").unwrap();
 
     c.get("/api/v1/files").assert_error(400, "BAD_REQUEST");
-    c.get("/api/v1/files?path=").assert_error(400, "BAD_REQUEST");
-    c.request("PUT", "/api/v1/files", &[], b"x").assert_error(400, "BAD_REQUEST");
+    c.get("/api/v1/files?path=")
+        .assert_error(400, "BAD_REQUEST");
+    c.request("PUT", "/api/v1/files", &[], b"x")
+        .assert_error(400, "BAD_REQUEST");
     c.delete("/api/v1/files").assert_error(400, "BAD_REQUEST");
     c.get("/api/v1/files/list").assert_error(400, "BAD_REQUEST");
-    c.get("/api/v1/files?path=relative/path").assert_error(400, "BAD_REQUEST");
+    c.get("/api/v1/files?path=relative/path")
+        .assert_error(400, "BAD_REQUEST");
 
     for traversal in ["/tmp/../etc/passwd", "/..", "/tmp/x/../../etc"] {
         let q = format!("/api/v1/files?path={}", encode(traversal));
         c.get(&q).assert_error(403, "PATH_TRAVERSAL");
-        c.request("PUT", &q, &[], b"x").assert_error(403, "PATH_TRAVERSAL");
+        c.request("PUT", &q, &[], b"x")
+            .assert_error(403, "PATH_TRAVERSAL");
         c.delete(&q).assert_error(403, "PATH_TRAVERSAL");
-        c.get(&format!("/api/v1/files/list?path={}", encode(traversal))).assert_error(403, "PATH_TRAVERSAL");
+        c.get(&format!("/api/v1/files/list?path={}", encode(traversal)))
+            .assert_error(403, "PATH_TRAVERSAL");
     }
     assert!(!Path::new("/etc/x").exists());
 
-    c.get(&files(&dir.path().join("missing"))).assert_error(404, "NOT_FOUND");
-    c.get(&list(&dir.path().join("missing"))).assert_error(404, "NOT_FOUND");
+    c.get(&files(&dir.path().join("missing")))
+        .assert_error(404, "NOT_FOUND");
+    c.get(&list(&dir.path().join("missing")))
+        .assert_error(404, "NOT_FOUND");
     c.get(&files(dir.path())).assert_error(400, "IS_DIRECTORY");
-    c.request("PUT", &files(dir.path()), &[], b"x").assert_error(400, "IS_DIRECTORY");
+    c.request("PUT", &files(dir.path()), &[], b"x")
+        .assert_error(400, "IS_DIRECTORY");
     c.get(&list(&file)).assert_error(400, "NOT_A_DIRECTORY");
-    c.request("PUT", &files(&file.join("below")), &[], b"x").assert_error(400, "NOT_A_DIRECTORY");
-    c.get(&files(&file.join("below"))).assert_error(400, "NOT_A_DIRECTORY");
+    c.request("PUT", &files(&file.join("below")), &[], b"x")
+        .assert_error(400, "NOT_A_DIRECTORY");
+    c.get(&files(&file.join("below")))
+        .assert_error(400, "NOT_A_DIRECTORY");
 }
 
 /// Sends a PUT head announcing `len` bytes and returns the open socket.
@@ -153,11 +197,17 @@ fn readers_never_see_half_a_file_and_aborted_uploads_leave_nothing() {
     drop(s);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         if names == ["config"] {
             break;
         }
-        assert!(Instant::now() < deadline, "partial upload left behind: {names:?}");
+        assert!(
+            Instant::now() < deadline,
+            "partial upload left behind: {names:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(std::fs::read(&file).unwrap(), new);
@@ -195,7 +245,9 @@ fn two_gibibytes_stream_both_ways_in_bounded_memory() {
     let mut reader = BufReader::with_capacity(1024 * 1024, s);
     let (status, headers) = read_head(&mut reader);
     assert_eq!(status, 200);
-    assert!(headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("content-length") && v == &LEN.to_string()));
+    assert!(headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("content-length") && v == &LEN.to_string()));
     let mut hasher = Sha256::new();
     let mut got = 0u64;
     loop {
@@ -212,6 +264,9 @@ fn two_gibibytes_stream_both_ways_in_bounded_memory() {
     assert_eq!(got, LEN);
     assert_eq!(hex::encode(hasher.finalize()), noise_digest(LEN, SEED));
     let grown = peak.saturating_sub(rss_before);
-    assert!(grown < 64 * 1024, "agent RSS grew by {grown} KiB moving 2 GiB");
+    assert!(
+        grown < 64 * 1024,
+        "agent RSS grew by {grown} KiB moving 2 GiB"
+    );
     assert_eq!(c.get("/api/v1/health").json(), json!({"healthy": true}));
 }

@@ -34,7 +34,10 @@ fn sdk_python() -> Option<PathBuf> {
     let venv = workspace_root().join("target").join("sdk-venv");
     let python = venv.join("bin").join("python");
     let spec = std::env::var("SBX_TENSORLAKE_SPEC").unwrap_or_else(|_| DEFAULT_SDK_SPEC.into());
-    let marker = venv.join(format!(".installed-{}", spec.replace(['=', '<', '>', ' '], "_")));
+    let marker = venv.join(format!(
+        ".installed-{}",
+        spec.replace(['=', '<', '>', ' '], "_")
+    ));
     if python.exists() && marker.exists() {
         return Some(python);
     }
@@ -50,7 +53,14 @@ fn sdk_python() -> Option<PathBuf> {
         }
     }
     let status = Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", &spec])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            &spec,
+        ])
         .status();
     match status {
         Ok(s) if s.success() => {}

@@ -160,7 +160,7 @@ pub fn resolve_user(user: &ProcessUser) -> Result<ResolvedUser, ApiError> {
     let (uid, entry) = entry;
 
     let gid = match group.as_deref() {
-        Some(g) if g.is_empty() => return Err(bad("group after ':' must not be empty")),
+        Some("") => return Err(bad("group after ':' must not be empty")),
         Some(g) => match g.parse::<u32>() {
             Ok(gid) => gid,
             Err(_) => Group::from_name(g)

@@ -99,7 +99,14 @@ impl Client {
     }
 
     /// Writes a request head for a body of `len` bytes.
-    pub fn send_head(&self, s: &mut TcpStream, method: &str, path: &str, extra: &[(&str, &str)], len: Option<u64>) {
+    pub fn send_head(
+        &self,
+        s: &mut TcpStream,
+        method: &str,
+        path: &str,
+        extra: &[(&str, &str)],
+        len: Option<u64>,
+    ) {
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nHost: agent\r\nAuthorization: {}\r\nConnection: close\r\n",
             self.auth
@@ -114,7 +121,13 @@ impl Client {
         s.write_all(head.as_bytes()).expect("write head");
     }
 
-    pub fn request(&self, method: &str, path: &str, extra: &[(&str, &str)], body: &[u8]) -> Response {
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        extra: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
         let mut s = self.connect();
         self.send_head(&mut s, method, path, extra, Some(body.len() as u64));
         s.write_all(body).expect("write body");
@@ -155,7 +168,10 @@ impl Client {
             if info["status"] != "running" {
                 return info;
             }
-            assert!(std::time::Instant::now() < deadline, "process {pid} still running");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "process {pid} still running"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

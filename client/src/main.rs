@@ -1,7 +1,10 @@
 //! `sbx`: reach a sandbox's agent from your machine.
 
 mod credentials;
+mod exec;
+mod files;
 mod http;
+mod request;
 mod target;
 mod tunnel;
 
@@ -29,6 +32,11 @@ struct Cli {
 enum Command {
     /// Forward a local TCP port to a port inside the sandbox.
     Tunnel(TunnelArgs),
+    /// Run a command in the sandbox, stream its output, exit with its code.
+    Exec(ExecArgs),
+    /// Copy files to and from the sandbox, and list directories.
+    #[command(subcommand)]
+    Files(FilesCommand),
     /// Print a forwarded-auth token, as the sandbox proxy would mint it.
     MintToken {
         #[arg(long)]
@@ -56,6 +64,56 @@ struct TunnelArgs {
     bind: IpAddr,
     #[command(flatten)]
     auth: AuthArgs,
+}
+
+#[derive(Debug, Args)]
+struct ExecArgs {
+    /// Agent base URL, e.g. http://127.0.0.1:9501
+    agent_url: String,
+    /// Environment variable for the command (NAME=VALUE, repeatable).
+    #[arg(short, long = "env")]
+    env: Vec<String>,
+    /// Working directory inside the sandbox.
+    #[arg(short = 'w', long)]
+    workdir: Option<String>,
+    /// User to run as: name, uid, or uid:gid.
+    #[arg(short, long)]
+    user: Option<String>,
+    /// Seconds before the command is killed.
+    #[arg(long)]
+    timeout: Option<f64>,
+    #[command(flatten)]
+    auth: AuthArgs,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum FilesCommand {
+    /// Download a file (`-` as LOCAL writes to stdout).
+    Get {
+        agent_url: String,
+        remote: String,
+        local: String,
+        #[command(flatten)]
+        auth: AuthArgs,
+    },
+    /// Upload a file; parent directories are created.
+    Put {
+        agent_url: String,
+        local: String,
+        remote: String,
+        #[command(flatten)]
+        auth: AuthArgs,
+    },
+    /// List a directory.
+    Ls {
+        agent_url: String,
+        remote: String,
+        #[command(flatten)]
+        auth: AuthArgs,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -98,7 +156,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     match run(cli.command) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(err) => {
             eprintln!("sbx: {err:#}");
             ExitCode::FAILURE
@@ -121,8 +179,62 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
-fn run(command: Command) -> anyhow::Result<()> {
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Runs a subcommand; returns the process exit status.
+fn run(command: Command) -> anyhow::Result<u8> {
     match command {
+        Command::Exec(args) => {
+            let opts = exec::ExecOptions {
+                agent: AgentUrl::parse(&args.agent_url)?,
+                credentials: args.auth.credentials()?,
+                command: args.command,
+                env: args.env,
+                working_dir: args.workdir,
+                user: args.user,
+                timeout: args.timeout,
+            };
+            runtime()?.block_on(exec::run(opts))
+        }
+        Command::Files(cmd) => {
+            let rt = runtime()?;
+            match cmd {
+                FilesCommand::Get {
+                    agent_url,
+                    remote,
+                    local,
+                    auth,
+                } => {
+                    let agent = AgentUrl::parse(&agent_url)?;
+                    let creds = auth.credentials()?;
+                    rt.block_on(files::get(&agent, &creds, &remote, &local))?;
+                }
+                FilesCommand::Put {
+                    agent_url,
+                    local,
+                    remote,
+                    auth,
+                } => {
+                    let agent = AgentUrl::parse(&agent_url)?;
+                    let creds = auth.credentials()?;
+                    rt.block_on(files::put(&agent, &creds, &local, &remote))?;
+                }
+                FilesCommand::Ls {
+                    agent_url,
+                    remote,
+                    auth,
+                } => {
+                    let agent = AgentUrl::parse(&agent_url)?;
+                    let creds = auth.credentials()?;
+                    rt.block_on(files::ls(&agent, &creds, &remote))?;
+                }
+            }
+            Ok(0)
+        }
         Command::MintToken {
             key_file,
             sandbox_id,
@@ -135,7 +247,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .map(|(_, t)| t.trim_end())
                 .unwrap_or_default();
             println!("{token}");
-            Ok(())
+            Ok(0)
         }
         Command::Tunnel(args) => {
             let agent = AgentUrl::parse(&args.agent_url)?;
@@ -150,7 +262,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(tunnel::run(opts))?;
-            Ok(())
+            Ok(0)
         }
     }
 }

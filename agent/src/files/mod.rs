@@ -74,8 +74,23 @@ fn ms(time: std::io::Result<std::time::SystemTime>) -> Option<u64> {
     u64::try_from(since.as_millis()).ok()
 }
 
-/// Opens a regular file for reading; returns it with its length.
-pub async fn open_for_read(path: &Path) -> Result<(tokio::fs::File, u64), ApiError> {
+/// Bytes read from a file per chunk when downloading.
+const READ_CHUNK: usize = 1024 * 1024;
+/// Chunks queued between the file thread and the socket, each way.
+const QUEUE: usize = 8;
+
+/// Opens a regular file for reading; returns its length and a stream of its
+/// bytes. A blocking thread reads ahead while the socket drains, a few
+/// chunks at most, so throughput is close to the disk's and memory bounded.
+pub async fn open_for_read(
+    path: &Path,
+) -> Result<
+    (
+        u64,
+        impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>>,
+    ),
+    ApiError,
+> {
     let file = tokio::fs::File::open(path)
         .await
         .map_err(|e| io_error(path, &e))?;
@@ -83,7 +98,33 @@ pub async fn open_for_read(path: &Path) -> Result<(tokio::fs::File, u64), ApiErr
     if meta.is_dir() {
         return Err(is_directory(path));
     }
-    Ok((file, meta.len()))
+    let mut file = file.into_std().await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(QUEUE);
+    let shown = path.display().to_string();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read as _;
+        loop {
+            // read_to_end into spare capacity: no zeroing of each chunk.
+            let mut buf = Vec::with_capacity(READ_CHUNK);
+            match (&mut file).take(READ_CHUNK as u64).read_to_end(&mut buf) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(path = %shown, error = %e, "read failed mid-download");
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+            // The client went away: stop reading.
+            if tx.blocking_send(Ok(bytes::Bytes::from(buf))).is_err() {
+                return;
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    Ok((meta.len(), stream))
 }
 
 /// Streams `chunks` into `path` through a temporary file in the same
@@ -95,7 +136,6 @@ where
     E: std::fmt::Display,
 {
     use futures_util::StreamExt as _;
-    use tokio::io::AsyncWriteExt as _;
 
     let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
         return Err(is_directory(path));
@@ -128,27 +168,53 @@ where
         name.to_string_lossy(),
         hex::encode(rand::random::<[u8; 6]>())
     ));
-    let mut file = tokio::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(&tmp)
-        .await
         .map_err(|e| io_error(parent, &e))?;
+    // A blocking thread writes while the socket is read: the two overlap,
+    // with a few chunks queued between them at most.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(QUEUE * 4);
+    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+        use std::io::Write as _;
+        let mut file = file;
+        while let Some(chunk) = rx.blocking_recv() {
+            file.write_all(&chunk)?;
+        }
+        Ok(file)
+    });
     let result: Result<u64, ApiError> = async {
         let mut written = 0u64;
+        let mut body_error = None;
         while let Some(chunk) = chunks.next().await {
-            let chunk = chunk.map_err(|e| {
-                ApiError::new(ErrorCode::BadRequest, format!("reading request body: {e}"))
-            })?;
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| io_error(path, &e))?;
-            written += chunk.len() as u64;
+            match chunk {
+                Ok(chunk) => {
+                    written += chunk.len() as u64;
+                    // A closed queue means the writer failed; it says why below.
+                    if tx.send(chunk).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    body_error = Some(ApiError::new(
+                        ErrorCode::BadRequest,
+                        format!("reading request body: {e}"),
+                    ));
+                    break;
+                }
+            }
         }
-        file.flush().await.map_err(|e| io_error(path, &e))?;
+        drop(tx);
+        let file = writer
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::Internal, format!("writer thread: {e}")))?
+            .map_err(|e| io_error(path, &e))?;
+        if let Some(err) = body_error {
+            return Err(err);
+        }
         if let Some(perms) = existing_mode {
             file.set_permissions(perms)
-                .await
                 .map_err(|e| io_error(path, &e))?;
         }
         drop(file);

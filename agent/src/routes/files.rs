@@ -7,14 +7,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use sbx_proto::api::DirectoryListing;
 use serde::Deserialize;
-use tokio_util::io::ReaderStream;
 
 use super::extract::ApiQuery;
 use crate::error::ApiError;
 use crate::files;
-
-/// Read buffer for downloads.
-const READ_BUF: usize = 256 * 1024;
 
 #[derive(Debug, Deserialize)]
 pub struct PathQuery {
@@ -25,8 +21,8 @@ pub struct PathQuery {
 
 pub async fn read(ApiQuery(q): ApiQuery<PathQuery>) -> Result<Response, ApiError> {
     let path = files::checked_path(q.path.as_deref())?;
-    let (file, len) = files::open_for_read(&path).await?;
-    let body = Body::from_stream(ReaderStream::with_capacity(file, READ_BUF));
+    let (len, stream) = files::open_for_read(&path).await?;
+    let body = Body::from_stream(stream);
     let mut response = body.into_response();
     let headers = response.headers_mut();
     headers.insert(

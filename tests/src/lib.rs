@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod bins;
+pub mod netctl_support;
 pub mod netns;
 pub mod process;
 pub mod servers;

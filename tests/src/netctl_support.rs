@@ -559,7 +559,17 @@ impl Daemon {
             .arg("--state-dir")
             .arg(state_dir)
             .env("NETCTL_LOG", "netctl=debug");
-        let mut child = ChildGuard::spawn("netctl serve", piped(&mut cmd));
+        piped(&mut cmd);
+        // The daemon's log goes next to its state, out of the test output.
+        let log_path = state_dir.with_file_name("netctl.log");
+        if let Ok(log) = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+        {
+            cmd.stderr(log);
+        }
+        let mut child = ChildGuard::spawn("netctl serve", &mut cmd);
         child.wait_for_stdout_line("listening", Duration::from_secs(30));
         Self { child }
     }

@@ -207,3 +207,34 @@ fn replies_to_connections_into_the_sandbox_still_flow() {
     });
     assert_eq!(outcome, Outcome::Ok);
 }
+
+#[test]
+fn forwarded_traffic_from_iface_is_judged_too() {
+    if !require_netns() {
+        return;
+    }
+    // A "VM" behind the sandbox namespace: its packets are forwarded, so
+    // they meet the forward hook, not output.
+    let w = World::new();
+    let vm = sbx_tests::netns::Netns::new("ncv");
+    let (sb_if, _) =
+        sbx_tests::netns::link(&w.sandbox, &["203.0.113.65/26"], &vm, &["203.0.113.66/26"]);
+    vm.ip(&["route", "add", "default", "via", "203.0.113.65"]);
+    w.internet
+        .ip(&["route", "add", "203.0.113.64/26", "via", "192.0.2.2"]);
+    w.sandbox.sh("sysctl -qw net.ipv4.ip_forward=1");
+    let body = format!(
+        r#"{{"netns":"{}","iface":"{sb_if}","network":{{"deny_out":["{V4_A}"]}}}}"#,
+        w.sandbox.name()
+    );
+    let r = w.api().call("PUT", "/v1/sandboxes/sb", Some(&body));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let from_vm = |ip: &str| {
+        let addr = std::net::SocketAddr::new(ip.parse().unwrap(), PORT);
+        in_netns(&vm.path(), move || probe_tcp(addr, Duration::from_secs(2)))
+    };
+    let (refused, took) = from_vm(V4_A);
+    assert!(matches!(refused, Outcome::Refused(_)), "{refused:?}");
+    assert!(took < Duration::from_millis(500), "{took:?}");
+    assert_eq!(from_vm(V4_B).0, Outcome::Ok);
+}

@@ -2,6 +2,7 @@
 
 mod extract;
 mod files;
+mod openapi;
 mod processes;
 mod pty;
 mod system;
@@ -21,6 +22,7 @@ use crate::tunnel;
 pub fn router(state: AppState, auth: Arc<Authenticator>) -> Router {
     let protected = Router::new()
         .route("/api/v1/info", get(system::info))
+        .route("/api/v1/openapi.json", get(openapi::openapi_json))
         .route(
             "/api/v1/processes",
             get(processes::list).post(processes::create),

@@ -21,6 +21,7 @@ use sbx_proto::api::{
 use sbx_proto::ErrorCode;
 
 use super::extract::ApiJson;
+use super::openapi::*;
 use crate::error::ApiError;
 use crate::process::output::Filter;
 use crate::process::spec::CommandSpec;
@@ -78,6 +79,7 @@ fn start(state: &AppState, body: CreateProcess) -> Result<Arc<Process>, ApiError
     Ok(process)
 }
 
+#[utoipa::path(post, path = "/api/v1/processes", tag = "processes", request_body = CreateProcessDoc, responses((status = 201, body = ProcessInfoDoc), (status = 400, description = "BAD_REQUEST, NOT_A_DIRECTORY (working_dir)", body = ErrorDoc), (status = 403, description = "FORBIDDEN: cannot switch user", body = ErrorDoc), (status = 429, description = "TOO_MANY_PROCESSES", body = ErrorDoc), (status = 503, description = "UNAVAILABLE: cannot fork", body = ErrorDoc)))]
 pub async fn create(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateProcess>,
@@ -86,12 +88,14 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(process.info())))
 }
 
+#[utoipa::path(get, path = "/api/v1/processes", tag = "processes", responses((status = 200, body = ProcessListDoc)))]
 pub async fn list(State(state): State<AppState>) -> Json<ProcessList> {
     Json(ProcessList {
         processes: state.processes.list().iter().map(|p| p.info()).collect(),
     })
 }
 
+#[utoipa::path(get, path = "/api/v1/processes/{pid}", tag = "processes", params(("pid" = u32, Path, description = "Process id")), responses((status = 200, body = ProcessInfoDoc), (status = 404, description = "NOT_FOUND", body = ErrorDoc)))]
 pub async fn get(
     State(state): State<AppState>,
     Path(pid): Path<String>,
@@ -99,6 +103,7 @@ pub async fn get(
     Ok(Json(lookup(&state, &pid)?.info()))
 }
 
+#[utoipa::path(delete, path = "/api/v1/processes/{pid}", tag = "processes", params(("pid" = u32, Path, description = "Process id")), responses((status = 204, description = "SIGKILL to the process group; a finished process is forgotten"), (status = 404, description = "NOT_FOUND", body = ErrorDoc)))]
 pub async fn kill(
     State(state): State<AppState>,
     Path(pid): Path<String>,
@@ -107,6 +112,7 @@ pub async fn kill(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/api/v1/processes/{pid}/signal", tag = "processes", params(("pid" = u32, Path, description = "Process id")), request_body = SignalRequestDoc, responses((status = 200, body = SignalResponseDoc), (status = 400, description = "BAD_REQUEST: not a signal, or the process exited", body = ErrorDoc), (status = 404, description = "NOT_FOUND", body = ErrorDoc)))]
 pub async fn signal(
     State(state): State<AppState>,
     Path(pid): Path<String>,
@@ -123,6 +129,7 @@ pub async fn signal(
     Ok(Json(SignalResponse { success: true }))
 }
 
+#[utoipa::path(post, path = "/api/v1/processes/{pid}/stdin", tag = "processes", params(("pid" = u32, Path, description = "Process id")), request_body(content = Vec<u8>, content_type = "application/octet-stream"), responses((status = 204), (status = 400, description = "STDIN_NOT_WRITABLE", body = ErrorDoc), (status = 404, description = "NOT_FOUND", body = ErrorDoc)))]
 pub async fn write_stdin(
     State(state): State<AppState>,
     Path(pid): Path<String>,
@@ -133,6 +140,7 @@ pub async fn write_stdin(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/api/v1/processes/{pid}/stdin/close", tag = "processes", params(("pid" = u32, Path, description = "Process id")), responses((status = 204), (status = 400, description = "STDIN_NOT_WRITABLE", body = ErrorDoc), (status = 404, description = "NOT_FOUND", body = ErrorDoc)))]
 pub async fn close_stdin(
     State(state): State<AppState>,
     Path(pid): Path<String>,
@@ -155,6 +163,7 @@ fn output_of(
     }))
 }
 
+#[utoipa::path(get, path = "/api/v1/processes/{pid}/stdout", tag = "processes", params(("pid" = u32, Path, description = "Process id")), responses((status = 200, body = OutputResponseDoc), (status = 404, description = "NOT_FOUND", body = ErrorDoc)))]
 pub async fn stdout(
     State(state): State<AppState>,
     Path(pid): Path<String>,
@@ -162,6 +171,7 @@ pub async fn stdout(
     output_of(&state, &pid, Filter::Stdout)
 }
 
+#[utoipa::path(get, path = "/api/v1/processes/{pid}/stderr", tag = "processes", params(("pid" = u32, Path, description = "Process id")), responses((status = 200, body = OutputResponseDoc), (status = 404, description = "NOT_FOUND", body = ErrorDoc)))]
 pub async fn stderr(
     State(state): State<AppState>,
     Path(pid): Path<String>,
@@ -169,6 +179,7 @@ pub async fn stderr(
     output_of(&state, &pid, Filter::Stderr)
 }
 
+#[utoipa::path(get, path = "/api/v1/processes/{pid}/output", tag = "processes", params(("pid" = u32, Path, description = "Process id")), responses((status = 200, body = OutputResponseDoc), (status = 404, description = "NOT_FOUND", body = ErrorDoc)))]
 pub async fn output(
     State(state): State<AppState>,
     Path(pid): Path<String>,
@@ -176,6 +187,7 @@ pub async fn output(
     output_of(&state, &pid, Filter::Both)
 }
 
+#[utoipa::path(get, path = "/api/v1/processes/{pid}/stdout/follow", tag = "processes", params(("pid" = u32, Path, description = "Process id")), responses((status = 200, description = "SSE: `output` (OutputEvent)... then `eof`", content_type = "text/event-stream"), (status = 404, description = "NOT_FOUND", body = ErrorDoc)))]
 pub async fn follow_stdout(
     State(state): State<AppState>,
     Path(pid): Path<String>,
@@ -184,6 +196,7 @@ pub async fn follow_stdout(
     Ok(sse(follow(process, Filter::Stdout, Ending::Eof, None)))
 }
 
+#[utoipa::path(get, path = "/api/v1/processes/{pid}/stderr/follow", tag = "processes", params(("pid" = u32, Path, description = "Process id")), responses((status = 200, description = "SSE: `output` (OutputEvent)... then `eof`", content_type = "text/event-stream"), (status = 404, description = "NOT_FOUND", body = ErrorDoc)))]
 pub async fn follow_stderr(
     State(state): State<AppState>,
     Path(pid): Path<String>,
@@ -192,6 +205,7 @@ pub async fn follow_stderr(
     Ok(sse(follow(process, Filter::Stderr, Ending::Eof, None)))
 }
 
+#[utoipa::path(get, path = "/api/v1/processes/{pid}/output/follow", tag = "processes", params(("pid" = u32, Path, description = "Process id")), responses((status = 200, description = "SSE: `output` (OutputEvent)... then `eof`", content_type = "text/event-stream"), (status = 404, description = "NOT_FOUND", body = ErrorDoc)))]
 pub async fn follow_output(
     State(state): State<AppState>,
     Path(pid): Path<String>,
@@ -201,6 +215,7 @@ pub async fn follow_output(
 }
 
 /// `POST /processes/run`: `started`, the output, then `exit`.
+#[utoipa::path(post, path = "/api/v1/processes/run", tag = "processes", request_body = CreateProcessDoc, responses((status = 200, description = "SSE: `started` (RunStarted), `output` (OutputEvent)..., `exit` (RunExit)", content_type = "text/event-stream"), (status = 400, description = "BAD_REQUEST", body = ErrorDoc), (status = 429, description = "TOO_MANY_PROCESSES", body = ErrorDoc)))]
 pub async fn run(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateProcess>,

@@ -11,10 +11,12 @@ use sbx_proto::ErrorCode;
 use serde::Deserialize;
 
 use super::extract::{ApiJson, ApiQuery};
+use super::openapi::*;
 use crate::error::ApiError;
 use crate::pty::ws;
 use crate::state::AppState;
 
+#[utoipa::path(post, path = "/api/v1/pty", tag = "pty", request_body = CreatePtyDoc, responses((status = 201, body = PtyCreatedDoc), (status = 400, description = "BAD_REQUEST: size out of range, bad command", body = ErrorDoc), (status = 429, description = "TOO_MANY_SESSIONS", body = ErrorDoc)))]
 pub async fn create(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreatePty>,
@@ -29,12 +31,14 @@ pub async fn create(
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/pty", tag = "pty", responses((status = 200, body = PtyListDoc)))]
 pub async fn list(State(state): State<AppState>) -> Json<PtyList> {
     Json(PtyList {
         sessions: state.ptys.list(),
     })
 }
 
+#[utoipa::path(get, path = "/api/v1/pty/{id}", tag = "pty", params(("id" = String, Path, description = "PTY session id")), responses((status = 200, body = PtyInfoDoc), (status = 404, description = "NOT_FOUND", body = ErrorDoc)))]
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -42,6 +46,7 @@ pub async fn get(
     Ok(Json(state.ptys.get(&id)?.info()))
 }
 
+#[utoipa::path(delete, path = "/api/v1/pty/{id}", tag = "pty", params(("id" = String, Path, description = "PTY session id")), responses((status = 204, description = "SIGHUP, then SIGKILL after 2 s"), (status = 404, description = "NOT_FOUND", body = ErrorDoc)))]
 pub async fn delete(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -50,6 +55,7 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/api/v1/pty/{id}/resize", tag = "pty", params(("id" = String, Path, description = "PTY session id")), request_body = PtyResizeDoc, responses((status = 204), (status = 400, description = "BAD_REQUEST", body = ErrorDoc), (status = 404, description = "NOT_FOUND", body = ErrorDoc)))]
 pub async fn resize(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -65,6 +71,7 @@ pub struct TokenQuery {
 }
 
 /// `GET /pty/{id}/ws`: the token comes in `X-PTY-Token` or `?token=`.
+#[utoipa::path(get, path = "/api/v1/pty/{id}/ws", tag = "pty", params(("id" = String, Path, description = "PTY session id"), ("token" = Option<String>, Query, description = "Session token (or the X-PTY-Token header)")), responses((status = 101, description = "WebSocket; binary frames with a 1-byte opcode. In: 0x00 data, 0x01 resize (cols u16 BE, rows u16 BE), 0x02 ready. Out: 0x00 data, 0x03 exit (i32 BE), then close with reason `exit:<code>`"), (status = 400, description = "BAD_REQUEST: not a WebSocket upgrade", body = ErrorDoc), (status = 403, description = "INVALID_TOKEN", body = ErrorDoc), (status = 404, description = "NOT_FOUND", body = ErrorDoc)))]
 pub async fn websocket(
     State(state): State<AppState>,
     Path(id): Path<String>,

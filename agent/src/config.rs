@@ -155,7 +155,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_processes: 1024,
-            max_finished_processes: 1000,
+            max_finished_processes: 256,
             finished_retention: Duration::from_secs(3600),
             output_max_lines: 10_000,
             output_max_bytes: 8 * 1024 * 1024,
@@ -409,5 +409,11 @@ mod tests {
         );
         assert!(toml::from_str::<FileConfig>("sandbox_idd = \"x\"").is_err());
         assert!(toml::from_str::<FileConfig>("[limits]\nmax_tunnel = 1").is_err());
+        let limits: FileConfig = toml::from_str(
+            "[limits]\nmax_processes = 10\nmax_pty_sessions = 2\noutput_max_lines = 5\npty_pending_bytes = 100",
+        )
+        .unwrap();
+        assert_eq!(limits.limits.max_processes, Some(10));
+        assert_eq!(limits.limits.max_pty_sessions, Some(2));
     }
 }

@@ -98,36 +98,48 @@ pub fn throughput(addr: SocketAddr, total: u64, streams: usize) -> Result<f64> {
     Ok((per_stream * streams as u64) as f64 / elapsed.as_secs_f64())
 }
 
-/// Round-trip times of `count` ping-pongs of `size` bytes on one
-/// connection to the echo server, after `warmup` untimed ones.
-pub fn ping_pong(
-    addr: SocketAddr,
-    size: usize,
-    warmup: usize,
-    count: usize,
-) -> Result<Vec<Duration>> {
-    let mut stream = connect(addr)?;
-    let out = vec![0xa5u8; size];
-    let mut back = vec![0u8; size];
-    let mut samples = Vec::with_capacity(count);
-    for i in 0..warmup + count {
-        let start = Instant::now();
-        stream.write_all(&out).context("ping")?;
-        stream.read_exact(&mut back).context("pong")?;
-        if i >= warmup {
-            samples.push(start.elapsed());
+/// One connection to the echo server for timing small round trips; kept
+/// open between batches so that routes can be measured in turns.
+pub struct PingPong {
+    stream: TcpStream,
+    out: Vec<u8>,
+    back: Vec<u8>,
+}
+
+impl PingPong {
+    pub fn connect(addr: SocketAddr, size: usize) -> Result<Self> {
+        Ok(Self {
+            stream: connect(addr)?,
+            out: vec![0xa5u8; size],
+            back: vec![0u8; size],
+        })
+    }
+
+    /// Runs `count` round trips, appending each one's time to `samples`
+    /// when given (warm-up passes none).
+    pub fn run(&mut self, count: usize, mut samples: Option<&mut Vec<Duration>>) -> Result<()> {
+        for _ in 0..count {
+            let start = Instant::now();
+            self.stream.write_all(&self.out).context("ping")?;
+            self.stream.read_exact(&mut self.back).context("pong")?;
+            if let Some(s) = samples.as_deref_mut() {
+                s.push(start.elapsed());
+            }
         }
+        if self.back != self.out {
+            bail!("echo returned different bytes");
+        }
+        Ok(())
     }
-    if back != out {
-        bail!("echo returned different bytes");
-    }
-    Ok(samples)
 }
 
 /// Time from `connect()` to the first echoed byte, for `count` fresh
-/// connections one after another.
-pub fn open_to_first_byte(addr: SocketAddr, count: usize) -> Result<Vec<Duration>> {
-    let mut samples = Vec::with_capacity(count);
+/// connections one after another, appended to `samples`.
+pub fn open_to_first_byte(
+    addr: SocketAddr,
+    count: usize,
+    samples: &mut Vec<Duration>,
+) -> Result<()> {
     for _ in 0..count {
         let start = Instant::now();
         let mut stream = connect(addr)?;
@@ -136,5 +148,5 @@ pub fn open_to_first_byte(addr: SocketAddr, count: usize) -> Result<Vec<Duration
         stream.read_exact(&mut b).context("first echoed byte")?;
         samples.push(start.elapsed());
     }
-    Ok(samples)
+    Ok(())
 }

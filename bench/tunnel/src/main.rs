@@ -9,6 +9,7 @@
 //! `scripts/bench-tunnel.sh`.
 
 mod fixture;
+mod hop;
 mod load;
 mod procs;
 mod report;
@@ -72,6 +73,12 @@ struct Cli {
     /// Idle tunnels held open for the memory figure.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=5_000))]
     idle_tunnels: u32,
+    /// Run only these parts (for quick experiments); all by default.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Part>,
+    /// Skip the hop-floor row (RTT through two plain TCP forwarders).
+    #[arg(long)]
+    no_floor: bool,
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -83,7 +90,34 @@ struct Cli {
     fail_on_miss: bool,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    Throughput,
+    Multi,
+    Latency,
+    Open,
+    Memory,
+}
+
+impl Cli {
+    fn wants(&self, part: Part) -> bool {
+        self.only.is_empty() || self.only.contains(&part)
+    }
+}
+
 fn main() -> ExitCode {
+    // The bench re-runs itself as the plain forwarders of the hop-floor
+    // measurement; that mode has nothing to do with the CLI below.
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(result) = hop::maybe_run(&args) {
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("tunnel-bench forwarder: {err:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = Cli::parse();
     match run(&cli) {
         Ok(all_met) if all_met || !cli.fail_on_miss => ExitCode::SUCCESS,
@@ -150,6 +184,15 @@ fn run(cli: &Cli) -> Result<bool> {
         eprintln!("tunnel-bench: NOTE: {peer_note}");
     }
 
+    let floor = if cli.wants(Part::Latency) && !cli.no_floor {
+        let exe = std::env::current_exe().context("locate this binary")?;
+        let (far, far_addr) = hop::start(&exe, servers.echo, &scratch, "far")?;
+        let (near, near_addr) = hop::start(&exe, far_addr, &scratch, "near")?;
+        Some((near, far, near_addr))
+    } else {
+        None
+    };
+
     // Idle memory before any tunnel has ever been opened.
     std::thread::sleep(Duration::from_millis(300));
     let idle = IdleRss {
@@ -184,6 +227,7 @@ fn run(cli: &Cli) -> Result<bool> {
                 &p.echo.client,
             ],
         }),
+        floor_echo: floor.as_ref().map(|(_, _, addr)| *addr),
     };
     let agent_ws = Endpoint {
         addr: agent.addr,
@@ -197,22 +241,32 @@ fn run(cli: &Cli) -> Result<bool> {
     });
 
     let mut rows: Vec<Row> = Vec::new();
-    suite::throughput(&lanes, &settings, 1, &mut rows)?;
-    suite::throughput(&lanes, &settings, settings.streams, &mut rows)?;
-    suite::latency(&lanes, &settings, &mut rows)?;
-    suite::open_time(&lanes, &settings, &agent_ws, peer_ws.as_ref(), &mut rows)?;
-    let peer_server = peer
-        .as_ref()
-        .zip(peer_ws.as_ref())
-        .map(|(p, ep)| (&p.echo.server, ep));
-    suite::memory(
-        &settings,
-        &agent.proc,
-        &agent_ws,
-        idle,
-        peer_server,
-        &mut rows,
-    )?;
+    if cli.wants(Part::Throughput) {
+        suite::throughput(&lanes, &settings, 1, &mut rows)?;
+    }
+    if cli.wants(Part::Multi) {
+        suite::throughput(&lanes, &settings, settings.streams, &mut rows)?;
+    }
+    if cli.wants(Part::Latency) {
+        suite::latency(&lanes, &settings, &mut rows)?;
+    }
+    if cli.wants(Part::Open) {
+        suite::open_time(&lanes, &settings, &agent_ws, peer_ws.as_ref(), &mut rows)?;
+    }
+    if cli.wants(Part::Memory) {
+        let peer_server = peer
+            .as_ref()
+            .zip(peer_ws.as_ref())
+            .map(|(p, ep)| (&p.echo.server, ep));
+        suite::memory(
+            &settings,
+            &agent.proc,
+            &agent_ws,
+            idle,
+            peer_server,
+            &mut rows,
+        )?;
+    }
     drop(lanes);
     // A figure measured against a process that died midway means nothing.
     agent.proc.ensure_running()?;
@@ -243,6 +297,10 @@ fn run(cli: &Cli) -> Result<bool> {
         settings.rtt_count,
         settings.open_count,
         started.elapsed().as_secs_f64()
+    );
+    println!(
+        "CPU rows: user+sys CPU seconds per GB moved (/proc/PID/stat); \"all processes\" adds the bench's own client and server, \
+         so with C idle cores no route can exceed C / value GB/s. Direct in the open rows: TCP connect -> 1st echo."
     );
     if cli.keep_logs {
         println!("Logs kept in {}", scratch.dir().display());

@@ -1,6 +1,7 @@
 //! The measurements, each taken on every route in the same run and turned
 //! into table rows with their targets.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
@@ -18,6 +19,10 @@ const MAX_ADDED_RTT_P50: Duration = Duration::from_micros(50);
 const MAX_OPEN_P50: Duration = Duration::from_millis(1);
 const MAX_IDLE_RSS: f64 = 10e6;
 const MAX_LOADED_RSS: f64 = 64e6;
+/// Round trips per route before the next route takes its turn.
+const RTT_BATCH: usize = 500;
+/// Opens per route before the next route takes its turn.
+const OPEN_BATCH: usize = 25;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -42,6 +47,9 @@ pub struct Lanes<'a> {
     pub tunnel: Lane<'a>,
     pub direct: Lane<'a>,
     pub peer: Option<Lane<'a>>,
+    /// Echo through two plain TCP forwarders: the latency floor of any
+    /// design with two extra processes (see `hop.rs`).
+    pub floor_echo: Option<SocketAddr>,
 }
 
 /// A figure per route.
@@ -68,14 +76,20 @@ pub fn throughput(lanes: &Lanes, s: &Settings, streams: usize, rows: &mut Vec<Ro
     ));
     let mut rates: [Vec<f64>; 3] = Default::default();
     let mut cpu: [Vec<f64>; 3] = Default::default();
+    let mut cpu_all: [Vec<f64>; 3] = Default::default();
+    let me = std::process::id();
+    let gb = total as f64 / 1e9;
     for _ in 0..s.repeat {
         for (i, lane) in lane_list(lanes) {
             let before = cpu_of(&lane.procs)?;
+            let before_me = procs::cpu_time(me)?.as_secs_f64();
             let rate = load::throughput(lane.route.sink, total, streams)
                 .with_context(|| format!("{} throughput via {}", streams, LABELS[i]))?;
             let spent = cpu_of(&lane.procs)? - before;
+            let spent_me = procs::cpu_time(me)?.as_secs_f64() - before_me;
             rates[i].push(rate);
-            cpu[i].push(spent / (total as f64 / 1e9));
+            cpu[i].push(spent / gb);
+            cpu_all[i].push((spent + spent_me) / gb);
         }
     }
     let t = trio(&rates);
@@ -111,6 +125,17 @@ pub fn throughput(lanes: &Lanes, s: &Settings, streams: usize, rows: &mut Vec<Ro
         .values(c.tunnel, None, c.peer)
         .ratios(ratio("/peer", c.tunnel, c.peer).unwrap_or_default()),
     );
+    // With the bench's own client and server: on a machine with N idle
+    // cores no route can beat N / (this figure) GB/s.
+    let c = trio(&cpu_all);
+    rows.push(
+        Row::info(
+            format!("  CPU of all processes, {streams} stream(s)"),
+            Unit::CpuPerGb,
+        )
+        .values(c.tunnel, c.direct, c.peer)
+        .ratios(ratio("/direct", c.tunnel, c.direct).unwrap_or_default()),
+    );
     Ok(())
 }
 
@@ -120,22 +145,37 @@ pub fn latency(lanes: &Lanes, s: &Settings, rows: &mut Vec<Row>) -> Result<()> {
         "latency, {} round trips of {} bytes per route",
         s.rtt_count, s.rtt_size
     ));
-    let mut p50 = Trio::default();
-    let mut p99 = Trio::default();
+    let mut conns = Vec::new();
     for (i, lane) in lane_list(lanes) {
-        let samples = load::ping_pong(lane.route.echo, s.rtt_size, s.rtt_warmup, s.rtt_count)
+        let mut pp = load::PingPong::connect(lane.route.echo, s.rtt_size)
             .with_context(|| format!("ping-pong via {}", LABELS[i]))?;
-        set(
-            &mut p50,
-            i,
-            percentile(&samples, 50.0).map(|d| d.as_secs_f64()),
-        );
-        set(
-            &mut p99,
-            i,
-            percentile(&samples, 99.0).map(|d| d.as_secs_f64()),
-        );
+        pp.run(s.rtt_warmup, None)
+            .with_context(|| format!("ping-pong warm-up via {}", LABELS[i]))?;
+        conns.push((i, pp));
     }
+    if let Some(addr) = lanes.floor_echo {
+        let mut pp =
+            load::PingPong::connect(addr, s.rtt_size).context("ping-pong via forwarders")?;
+        pp.run(s.rtt_warmup, None)
+            .context("ping-pong warm-up via forwarders")?;
+        conns.push((FLOOR, pp));
+    }
+    let mut samples: [Vec<Duration>; 4] = Default::default();
+    // Routes take turns in batches, so a burst of load from elsewhere on
+    // the machine falls on all of them rather than on one.
+    let mut left = s.rtt_count;
+    while left > 0 {
+        let batch = left.min(RTT_BATCH);
+        for (i, pp) in &mut conns {
+            pp.run(batch, Some(&mut samples[*i]))
+                .with_context(|| format!("ping-pong via {}", LABELS[*i]))?;
+        }
+        left -= batch;
+    }
+    let [tunnel, direct, peer, floor] = samples;
+    let samples = [tunnel, direct, peer];
+    let p50 = percentiles(&samples, 50.0);
+    let p99 = percentiles(&samples, 99.0);
     let added = |t: Trio| t.tunnel.zip(t.direct).map(|(a, b)| a - b);
     let added_peer = |t: Trio| t.peer.zip(t.direct).map(|(a, b)| a - b);
     let describe = |t: Trio| {
@@ -163,6 +203,19 @@ pub fn latency(lanes: &Lanes, s: &Settings, rows: &mut Vec<Row>) -> Result<()> {
             .values(p99.tunnel, p99.direct, p99.peer)
             .ratios(describe(p99)),
     );
+    if lanes.floor_echo.is_some() {
+        let floor = percentile(&floor, 50.0).map(|d| d.as_secs_f64());
+        let added = floor.zip(p50.direct).map(|(f, d)| f - d);
+        rows.push(
+            Row::info("  RTT p50, 2 plain TCP forwarders", Unit::Micros)
+                .values(floor, p50.direct, None)
+                .ratios(
+                    added
+                        .map(|a| format!("floor +{:.1} µs for 2 extra processes", a * 1e6))
+                        .unwrap_or_default(),
+                ),
+        );
+    }
     Ok(())
 }
 
@@ -176,86 +229,83 @@ pub fn open_time(
     rows: &mut Vec<Row>,
 ) -> Result<()> {
     progress(&format!("open time, {} opens per route", s.open_count));
-    let mut p50 = Trio::default();
-    let mut p99 = Trio::default();
-    for (i, lane) in lane_list(lanes) {
-        let samples = load::open_to_first_byte(lane.route.echo, s.open_count)
-            .with_context(|| format!("open via {}", LABELS[i]))?;
-        set(
-            &mut p50,
-            i,
-            percentile(&samples, 50.0).map(|d| d.as_secs_f64()),
-        );
-        set(
-            &mut p99,
-            i,
-            percentile(&samples, 99.0).map(|d| d.as_secs_f64()),
-        );
+    let mut via: [Vec<Duration>; 3] = Default::default();
+    let mut upgrade: [Vec<Duration>; 3] = Default::default();
+    let mut first: [Vec<Duration>; 3] = Default::default();
+    // In turns, in batches, like the latency runs.
+    let mut left = s.open_count;
+    while left > 0 {
+        let batch = left.min(OPEN_BATCH);
+        for (i, lane) in lane_list(lanes) {
+            load::open_to_first_byte(lane.route.echo, batch, &mut via[i])
+                .with_context(|| format!("open via {}", LABELS[i]))?;
+        }
+        raw_opens(agent_ws, batch, &mut upgrade[0], &mut first[0])
+            .context("raw opens to the agent")?;
+        if let Some(ep) = peer_ws {
+            raw_opens(ep, batch, &mut upgrade[2], &mut first[2])
+                .context("raw opens to the peer server")?;
+        }
+        left -= batch;
     }
+    // A raw client has no direct counterpart but a plain connect.
+    upgrade[1].clone_from(&via[1]);
+    first[1].clone_from(&via[1]);
+
     let slower = |t: Trio| {
         t.tunnel
             .zip(t.direct)
             .map(|(a, b)| format!("tunnel +{:.0} µs", (a - b) * 1e6))
             .unwrap_or_default()
     };
-    rows.push(
-        Row::info("open: connect -> 1st echo, p50", Unit::Micros)
-            .values(p50.tunnel, p50.direct, p50.peer)
-            .ratios(slower(p50)),
-    );
-    rows.push(
-        Row::info("open: connect -> 1st echo, p99", Unit::Micros)
-            .values(p99.tunnel, p99.direct, p99.peer)
-            .ratios(slower(p99)),
-    );
-
-    let (up_agent, echo_agent) = raw_opens(agent_ws, s.open_count).context("raw opens to agent")?;
-    let (up_peer, echo_peer) = match peer_ws {
-        Some(ep) => {
-            let (u, e) = raw_opens(ep, s.open_count).context("raw opens to peer server")?;
-            (Some(u), Some(e))
-        }
-        None => (None, None),
-    };
-    let pct =
-        |v: Option<&Vec<Duration>>, p| v.and_then(|v| percentile(v, p)).map(|d| d.as_secs_f64());
     for p in [50.0, 99.0] {
-        let tunnel = pct(Some(&up_agent), p);
+        let t = percentiles(&via, p);
+        rows.push(
+            Row::info(format!("open: connect -> 1st echo, p{p}"), Unit::Micros)
+                .values(t.tunnel, t.direct, t.peer)
+                .ratios(slower(t)),
+        );
+    }
+    for p in [50.0, 99.0] {
+        let t = percentiles(&upgrade, p);
         let mut row = Row::info(format!("open: raw WS upgrade -> 101, p{p}"), Unit::Micros)
-            .values(
-                tunnel,
-                p50_or_p99(&p50, &p99, p).direct,
-                pct(up_peer.as_ref(), p),
-            )
-            .ratios("direct = TCP connect -> 1st echo".into());
+            .values(t.tunnel, t.direct, t.peer)
+            .ratios("direct: TCP connect -> 1st echo".into());
         if p == 50.0 {
-            row = row.target("p50 < 1 ms", tunnel.map(|t| t < MAX_OPEN_P50.as_secs_f64()));
+            row = row.target(
+                "p50 < 1 ms",
+                t.tunnel.map(|v| v < MAX_OPEN_P50.as_secs_f64()),
+            );
         }
         rows.push(row);
     }
+    let t = percentiles(&first, 50.0);
     rows.push(
-        Row::info("open: raw WS upgrade -> 1st echo, p50", Unit::Micros).values(
-            pct(Some(&echo_agent), 50.0),
-            p50.direct,
-            pct(echo_peer.as_ref(), 50.0),
-        ),
+        Row::info("open: raw WS upgrade -> 1st echo, p50", Unit::Micros)
+            .values(t.tunnel, t.direct, t.peer)
+            .ratios(slower(t)),
     );
     Ok(())
 }
 
-fn p50_or_p99(p50: &Trio, p99: &Trio, p: f64) -> Trio {
-    if p == 50.0 {
-        *p50
-    } else {
-        *p99
+/// The `p`-th percentile of each route's samples, in seconds.
+fn percentiles(samples: &[Vec<Duration>; 3], p: f64) -> Trio {
+    let get = |v: &Vec<Duration>| percentile(v, p).map(|d| d.as_secs_f64());
+    Trio {
+        tunnel: get(&samples[0]),
+        direct: get(&samples[1]),
+        peer: get(&samples[2]),
     }
 }
 
 /// Times `count` raw WebSocket opens: to the 101, and to the first byte
 /// echoed back through the tunnel.
-fn raw_opens(ep: &Endpoint, count: usize) -> Result<(Vec<Duration>, Vec<Duration>)> {
-    let mut upgrade = Vec::with_capacity(count);
-    let mut first = Vec::with_capacity(count);
+fn raw_opens(
+    ep: &Endpoint,
+    count: usize,
+    upgrade: &mut Vec<Duration>,
+    first: &mut Vec<Duration>,
+) -> Result<()> {
     for _ in 0..count {
         let start = Instant::now();
         let mut conn = ep.open()?;
@@ -265,7 +315,7 @@ fn raw_opens(ep: &Endpoint, count: usize) -> Result<(Vec<Duration>, Vec<Duration
         first.push(start.elapsed());
         anyhow::ensure!(back == b"x", "echo through raw WebSocket returned {back:?}");
     }
-    Ok((upgrade, first))
+    Ok(())
 }
 
 /// Memory of the tunnel's server end: idle (measured by the caller before
@@ -343,7 +393,9 @@ fn rss_with_tunnels(server: &Spawned, ep: &Endpoint, n: usize) -> Result<f64> {
     Ok(rss)
 }
 
-const LABELS: [&str; 3] = ["sbx tunnel", "direct TCP", "peer tool"];
+const LABELS: [&str; 4] = ["sbx tunnel", "direct TCP", "peer tool", "forwarders"];
+/// Index of the hop-floor lane in [`LABELS`].
+const FLOOR: usize = 3;
 
 /// The lanes in measuring order with their index into [`LABELS`].
 fn lane_list<'a>(lanes: &'a Lanes<'a>) -> Vec<(usize, &'a Lane<'a>)> {
@@ -352,14 +404,6 @@ fn lane_list<'a>(lanes: &'a Lanes<'a>) -> Vec<(usize, &'a Lane<'a>)> {
         list.push((2, p));
     }
     list
-}
-
-fn set(t: &mut Trio, i: usize, v: Option<f64>) {
-    match i {
-        0 => t.tunnel = v,
-        1 => t.direct = v,
-        _ => t.peer = v,
-    }
 }
 
 fn trio(per_lane: &[Vec<f64>; 3]) -> Trio {

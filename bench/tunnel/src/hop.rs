@@ -1,0 +1,73 @@
+//! A plain TCP forwarder, run as a child copy of this binary: two of them
+//! in a chain have the tunnel's shape (two extra processes, four extra
+//! loopback hops per round trip) with no WebSocket and no relay logic, so
+//! their added latency is the floor any two-process tunnel pays here.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _, Result};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::fixture::Scratch;
+use crate::procs::Spawned;
+
+/// First argument that turns this binary into a forwarder.
+pub const SUBCOMMAND: &str = "__forward";
+const READY_PREFIX: &str = "forwarding on ";
+
+/// Runs a forwarder if `args` ask for one: `__forward <target>`. Returns
+/// `None` when this is a normal bench run.
+pub fn maybe_run(args: &[String]) -> Option<Result<()>> {
+    if args.get(1).map(String::as_str) != Some(SUBCOMMAND) {
+        return None;
+    }
+    Some(run(args.get(2).map(String::as_str)))
+}
+
+fn run(target: Option<&str>) -> Result<()> {
+    let target: SocketAddr = target
+        .ok_or_else(|| anyhow!("usage: {SUBCOMMAND} <target addr>"))?
+        .parse()
+        .context("target address")?;
+    // The same runtime shape as the agent and `sbx`: the default
+    // multi-threaded one.
+    let runtime = tokio::runtime::Runtime::new().context("start runtime")?;
+    runtime.block_on(async move {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        println!("{READY_PREFIX}{}", listener.local_addr()?);
+        loop {
+            let (mut inbound, _) = listener.accept().await?;
+            tokio::spawn(async move {
+                let Ok(mut outbound) = TcpStream::connect(target).await else {
+                    return;
+                };
+                let _ = inbound.set_nodelay(true);
+                let _ = outbound.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    })
+}
+
+/// Starts a forwarder to `target`; returns it and the address it listens on.
+pub fn start(
+    exe: &Path,
+    target: SocketAddr,
+    scratch: &Scratch,
+    label: &str,
+) -> Result<(Spawned, SocketAddr)> {
+    let name = format!("forwarder-{label}");
+    let mut proc = Spawned::start(
+        &name,
+        exe,
+        [SUBCOMMAND.to_owned(), target.to_string()],
+        &scratch.log(&name),
+    )?;
+    let addr = proc
+        .wait_for_line(READY_PREFIX, Duration::from_secs(10))?
+        .parse()
+        .with_context(|| format!("{name}: unparsable address"))?;
+    Ok((proc, addr))
+}

@@ -1,0 +1,178 @@
+//! The bench's own namespaces, daemon and HTTP client; everything is torn
+//! down on drop (namespaces deleted, the daemon killed by PID).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Runs a command, failing with its stderr.
+pub fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("spawn {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A network namespace under /run/netns, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(prefix: &str) -> Result<Self> {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{prefix}{}x{n}", std::process::id() % 100_000);
+        run(Command::new("ip").args(["netns", "add", &name]))?;
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        run(Command::new("ip").args(["-n", &self.name]).args(args))
+    }
+
+    pub fn exec(&self, program: &str, args: &[&str]) -> Result<String> {
+        run(Command::new("ip")
+            .args(["netns", "exec", &self.name, program])
+            .args(args))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Connects two namespaces with a veth pair.
+pub fn link(a: &Netns, a_addr: &str, b: &Netns, b_addr: &str) -> Result<(String, String)> {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let (a_if, b_if) = (format!("nba{n}"), format!("nbb{n}"));
+    run(Command::new("ip").args([
+        "link", "add", &a_if, "netns", &a.name, "type", "veth", "peer", "name", &b_if, "netns",
+        &b.name,
+    ]))?;
+    for (ns, ifname, addr) in [(a, &a_if, a_addr), (b, &b_if, b_addr)] {
+        ns.ip(&["addr", "add", addr, "dev", ifname])?;
+        ns.ip(&["link", "set", ifname, "up"])?;
+    }
+    Ok((a_if, b_if))
+}
+
+/// Runs `f` on a fresh thread that entered the namespace.
+pub fn in_netns<T: Send + 'static>(
+    path: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    let path = path.to_owned();
+    std::thread::spawn(move || -> Result<T> {
+        let file = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
+        // SAFETY: setns on an fd we own; it changes only this thread.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns {path}: {}", std::io::Error::last_os_error());
+        }
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("netns thread panicked"))?
+}
+
+/// The netctl daemon, killed by PID on drop.
+pub struct Daemon {
+    child: Child,
+    pub socket: PathBuf,
+}
+
+impl Daemon {
+    /// Starts it and returns once it listens (reconcile included), with the
+    /// time that took.
+    pub fn start(netctl: &Path, dir: &Path) -> Result<(Self, Duration)> {
+        std::fs::create_dir_all(dir)?;
+        let socket = dir.join("netctl.sock");
+        let config = dir.join("config.toml");
+        // No names are used: the upstream only keeps resolv.conf out of it.
+        std::fs::write(&config, "reconcile_concurrency = 8\n[dns]\nupstreams = [\"192.0.2.53\"]\n")?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("netctl.log"))?;
+        let started = Instant::now();
+        let mut child = Command::new(netctl)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawn {}", netctl.display()))?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut daemon = Self { child, socket };
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        if !line.contains("listening") {
+            let _ = daemon.child.kill();
+            bail!("netctl did not start (see {}/netctl.log)", dir.display());
+        }
+        Ok((daemon, started.elapsed()))
+    }
+
+    /// One HTTP/1.1 request; returns status and body.
+    pub fn call(&self, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
+        let mut s = UnixStream::connect(&self.socket)?;
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: netctl\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )?;
+        let mut raw = String::new();
+        s.read_to_string(&mut raw)?;
+        let (head, rest) = raw.split_once("\r\n\r\n").context("HTTP head")?;
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .context("status")?;
+        Ok((status, rest.to_owned()))
+    }
+
+    pub fn put(&self, id: &str, netns: &str, network: &str) -> Result<()> {
+        let body = format!(r#"{{"netns":"{netns}","network":{network}}}"#);
+        let (status, answer) = self.call("PUT", &format!("/v1/sandboxes/{id}"), &body)?;
+        if status != 200 {
+            bail!("PUT {id}: {status} {}", answer.chars().take(300).collect::<String>());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

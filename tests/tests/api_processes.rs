@@ -98,7 +98,7 @@ fn lifecycle_output_follow_and_info_counts() {
 
     let r = c.post_json(
         "/api/v1/processes",
-        &json!({"command": "sh", "args": ["-c", "echo out1; echo err1 >&2; sleep 0.5; echo out2"],
+        &json!({"command": "sh", "args": ["-c", "echo out1; echo err1 >&2; sleep 1; echo out2"],
                 "env": {"A": "1"}, "working_dir": "/tmp"}),
     );
     assert_eq!(r.status, 201);

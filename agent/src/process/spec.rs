@@ -101,6 +101,13 @@ impl CommandSpec {
     pub fn command(&self) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(&self.command);
         cmd.args(&self.args);
+        // The agent's own settings (secret file paths among them) are none
+        // of the sandboxed program's business.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("SBX_AGENT_") {
+                cmd.env_remove(key);
+            }
+        }
         if let Some(user) = &self.user {
             if user.uid != Uid::current().as_raw() || user.gid != Gid::current().as_raw() {
                 // std drops supplementary groups when root changes identity.

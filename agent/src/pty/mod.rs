@@ -224,12 +224,28 @@ impl PtyTable {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Forgets exited sessions after a while, and the oldest exited ones
+    /// at once when there are many, so sessions that come and go quickly
+    /// cannot pile up their buffers.
     fn prune(&self) {
-        self.lock().retain(|_, s| {
+        let mut sessions = self.lock();
+        sessions.retain(|_, s| {
             s.out()
                 .exited_at
                 .is_none_or(|at| at.elapsed() < EXITED_RETENTION)
         });
+        let keep = self.max_sessions.saturating_mul(2);
+        if sessions.len() > keep {
+            let mut exited: Vec<(Instant, String)> = sessions
+                .iter()
+                .filter_map(|(id, s)| s.out().exited_at.map(|at| (at, id.clone())))
+                .collect();
+            exited.sort();
+            let excess = sessions.len() - keep;
+            for (_, id) in exited.into_iter().take(excess) {
+                sessions.remove(&id);
+            }
+        }
     }
 
     pub fn get(&self, id: &str) -> Result<Arc<Session>, ApiError> {

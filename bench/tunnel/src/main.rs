@@ -241,6 +241,22 @@ fn run(cli: &Cli) -> Result<bool> {
     });
 
     let mut rows: Vec<Row> = Vec::new();
+    // Memory goes first, on the fresh agent, but is printed last.
+    let mut memory_rows: Vec<Row> = Vec::new();
+    if cli.wants(Part::Memory) {
+        let peer_server = peer
+            .as_ref()
+            .zip(peer_ws.as_ref())
+            .map(|(p, ep)| (&p.echo.server, ep));
+        suite::memory(
+            &settings,
+            &agent.proc,
+            &agent_ws,
+            idle,
+            peer_server,
+            &mut memory_rows,
+        )?;
+    }
     if cli.wants(Part::Throughput) {
         suite::throughput(&lanes, &settings, 1, &mut rows)?;
     }
@@ -253,19 +269,10 @@ fn run(cli: &Cli) -> Result<bool> {
     if cli.wants(Part::Open) {
         suite::open_time(&lanes, &settings, &agent_ws, peer_ws.as_ref(), &mut rows)?;
     }
+    rows.append(&mut memory_rows);
     if cli.wants(Part::Memory) {
-        let peer_server = peer
-            .as_ref()
-            .zip(peer_ws.as_ref())
-            .map(|(p, ep)| (&p.echo.server, ep));
-        suite::memory(
-            &settings,
-            &agent.proc,
-            &agent_ws,
-            idle,
-            peer_server,
-            &mut rows,
-        )?;
+        let peer_server = peer.as_ref().map(|p| &p.echo.server);
+        suite::rss_after_runs(&agent.proc, peer_server, &mut rows)?;
     }
     drop(lanes);
     // A figure measured against a process that died midway means nothing.

@@ -319,7 +319,9 @@ fn raw_opens(
 }
 
 /// Memory of the tunnel's server end: idle (measured by the caller before
-/// any load) and with `n` idle tunnels open at once.
+/// any load) and with `n` idle tunnels open at once. Run before any
+/// transfer, so that buffers freed by earlier runs (which the allocator
+/// keeps) are not counted as the cost of idle tunnels.
 pub fn memory(
     s: &Settings,
     agent: &Spawned,
@@ -335,10 +337,6 @@ pub fn memory(
         Some((p, ep)) => Some(rss_with_tunnels(p, ep, n).context("peer with idle tunnels")?),
         None => None,
     };
-    // Give closed tunnels a moment to be torn down before the last reading.
-    std::thread::sleep(Duration::from_secs(1));
-    let after = procs::rss_bytes(agent.pid())? as f64;
-
     rows.push(
         Row::info("server-end RSS, idle", Unit::Megabytes)
             .values(Some(idle.agent), None, idle.peer)
@@ -351,12 +349,23 @@ pub fn memory(
             .ratios(ratio("/peer", Some(loaded_agent), loaded_peer).unwrap_or_default())
             .target("< 64 MB", Some(loaded_agent < MAX_LOADED_RSS)),
     );
+    Ok(())
+}
+
+/// RSS of the server ends once every run is over and every tunnel closed:
+/// what the allocator kept of the buffers the transfers used.
+pub fn rss_after_runs(agent: &Spawned, peer: Option<&Spawned>, rows: &mut Vec<Row>) -> Result<()> {
+    // Give the last closed tunnels a moment to be torn down.
+    std::thread::sleep(Duration::from_secs(1));
+    let agent = procs::rss_bytes(agent.pid())? as f64;
+    let peer = match peer {
+        Some(p) => Some(procs::rss_bytes(p.pid())? as f64),
+        None => None,
+    };
     rows.push(
-        Row::info("server-end RSS, idle after all runs", Unit::Megabytes).values(
-            Some(after),
-            None,
-            None,
-        ),
+        Row::info("server-end RSS, idle after all runs", Unit::Megabytes)
+            .values(Some(agent), None, peer)
+            .ratios(ratio("/peer", Some(agent), peer).unwrap_or_default()),
     );
     Ok(())
 }

@@ -285,6 +285,53 @@ async fn sixty_four_sessions_then_429_and_delete_hangs_up() {
     assert_eq!(c.get("/api/v1/pty").json()["sessions"], json!([]));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_paste_into_cat_flows_both_ways() {
+    let agent = Agent::start(&[]);
+    let c = client(&agent);
+    let (id, token) = create(&c, json!({"command": "cat"}));
+    let mut ws = connect(&agent, &id, Some(&token), "").await.expect("ws");
+    ws.send(Message::Binary(vec![2u8].into())).await.unwrap();
+    // 2 MB of lines: the terminal echoes them and cat prints them again, far
+    // more than the terminal and the agent's queues hold, so input and
+    // output must keep flowing at the same time.
+    let (mut sink, mut stream) = ws.split();
+    let sender = tokio::spawn(async move {
+        for i in 0..20_000u32 {
+            let mut frame = vec![0u8];
+            frame.extend_from_slice(format!("{i:08} {}\n", "x".repeat(90)).as_bytes());
+            sink.send(Message::Binary(frame.into())).await.unwrap();
+        }
+        sink.send(Message::Binary(vec![0u8, 4].into()))
+            .await
+            .unwrap(); // ^D
+        sink
+    });
+    let mut seen = 0usize;
+    let mut tail = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let msg = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .expect("PTY output keeps flowing");
+        match msg {
+            Some(Ok(Message::Binary(b))) if b[0] == 0 => {
+                seen += b.len() - 1;
+                tail.extend_from_slice(&b[1..]);
+                if tail.len() > 4096 {
+                    tail.drain(..tail.len() - 4096);
+                }
+            }
+            Some(Ok(Message::Binary(b))) if b[0] == 3 => break,
+            Some(Ok(_)) => {}
+            _ => break,
+        }
+    }
+    let _sink = sender.await.unwrap();
+    assert!(seen >= 2 * 20_000 * 100, "saw {seen} bytes");
+    assert!(String::from_utf8_lossy(&tail).contains("00019999"));
+}
+
 /// True while `pid` exists and is not a zombie.
 fn alive(pid: u64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -21,6 +21,8 @@ use super::{Out, Session};
 
 /// Output chunks queued for a client before the reader waits for it.
 const OUT_QUEUE: usize = 32;
+/// Input frames queued for the terminal before the client is paused.
+const IN_QUEUE: usize = 64;
 /// Largest frame a client may send (input is typed, not uploaded).
 const MAX_IN_FRAME: usize = 1024 * 1024;
 
@@ -40,17 +42,29 @@ pub async fn serve(session: Arc<Session>, upgraded: hyper::upgrade::Upgraded) {
         WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
     let (mut sink, mut incoming) = ws.split();
     let (tx, mut rx) = mpsc::channel::<Out>(OUT_QUEUE);
+    // Input is written by its own task: a program that stops reading its
+    // input (because its output is not being drained) must not stop this
+    // loop from draining that output.
+    let (input_tx, mut input_rx) = mpsc::channel::<bytes::Bytes>(IN_QUEUE);
+    let writer_session = session.clone();
+    let writer = tokio::spawn(async move {
+        while let Some(data) = input_rx.recv().await {
+            if let Err(err) = writer_session.write_input(&data).await {
+                tracing::debug!(session = %writer_session.id, error = %err, "terminal input failed");
+            }
+        }
+    });
     let mut ready = false;
     let mut exit_code: Option<i32> = None;
 
     loop {
         tokio::select! {
-            msg = incoming.next() => match msg {
+            // Reading from the client pauses while its input is queued up.
+            msg = incoming.next(), if input_tx.capacity() > 0 => match msg {
                 Some(Ok(Message::Binary(data))) => match data.first().copied() {
                     Some(pty_op::DATA) => {
-                        if let Err(err) = session.write_input(&data[1..]).await {
-                            tracing::debug!(session = %session.id, error = %err, "terminal input failed");
-                        }
+                        // Capacity was checked above and this is the only sender.
+                        let _ = input_tx.try_send(data.slice(1..));
                     }
                     Some(pty_op::RESIZE) if data.len() >= 5 => {
                         let cols = u16::from_be_bytes([data[1], data[2]]);
@@ -91,6 +105,10 @@ pub async fn serve(session: Arc<Session>, upgraded: hyper::upgrade::Upgraded) {
         }
     }
     session.detach(&tx);
+    // Input already queued still reaches the program; the writer ends once
+    // it is written (or the session is gone).
+    drop(input_tx);
+    drop(writer);
     if let Some(code) = exit_code {
         let _ = sink.send(frame(pty_op::EXIT, &code.to_be_bytes())).await;
         let _ = sink

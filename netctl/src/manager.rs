@@ -248,11 +248,31 @@ impl Manager {
             spec: spec.clone(),
             names: names.clone(),
         };
+        let saving = Instant::now();
         self.store
             .save(&next)
             .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+        let save_us = saving.elapsed().as_micros() as u64;
         let started = Instant::now();
-        let applied = self.nft.apply(&netns, &ruleset::full(&desired)).await;
+        let same_netns = netns_path(&sb.spec).ok().as_ref() == Some(&netns);
+        let applied = match sb.applied.as_ref().filter(|_| same_netns) {
+            // We committed `old` ourselves: send only the difference. If the
+            // kernel drifted (our table touched by someone else) the smaller
+            // transaction fails whole and the full table goes in instead.
+            Some(old) => match ruleset::update(old, &desired) {
+                // The same state again: re-assert it whole (a no-op for a
+                // healthy table, a repair for one someone changed).
+                None => self.nft.apply(&netns, &ruleset::full(&desired)).await,
+                Some(batch) => match self.nft.apply(&netns, &batch).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        warn!(sandbox = %entry.id, error = %e, "incremental apply failed; applying the whole table");
+                        self.nft.apply(&netns, &ruleset::full(&desired)).await
+                    }
+                },
+            },
+            None => self.nft.apply(&netns, &ruleset::full(&desired)).await,
+        };
         self.metrics
             .record_apply(applied.is_ok(), started.elapsed());
         if let Err(e) = applied {
@@ -267,7 +287,7 @@ impl Manager {
             }
             return Err(ApiError::new(ErrorCode::Internal, e.to_string()));
         }
-        info!(sandbox = %entry.id, netns = %netns.display(), took_ms = started.elapsed().as_millis() as u64, "applied");
+        info!(sandbox = %entry.id, netns = %netns.display(), save_us, nft_us = started.elapsed().as_micros() as u64, "applied");
         let old_netns = netns_path(&sb.spec).ok();
         if sb.applied.is_some() && old_netns.as_ref() != Some(&netns) {
             if let Some(old) = old_netns {

@@ -219,6 +219,35 @@ pub fn sets_only(desired: &Desired) -> Nftables<'static> {
     batch.to_nftables()
 }
 
+/// What to commit to go from `old` (known to be in the kernel, because we
+/// committed it) to `new`: nothing when they are equal, only the changed
+/// sets when the rules stay the same, else the whole table. Every commit
+/// that removes set elements or rules waits for the kernel to retire the
+/// old objects, so touching less is what keeps applies fast.
+pub fn update(old: &Desired, new: &Desired) -> Option<Nftables<'static>> {
+    if old == new {
+        return None;
+    }
+    let same_rules = old.iface == new.iface
+        && old.allow_internet_access == new.allow_internet_access
+        && old.refusal == new.refusal
+        && old.dns.is_empty() == new.dns.is_empty();
+    if !same_rules {
+        return Some(full(new));
+    }
+    let mut batch = Batch::new();
+    for kind in SetKind::ALL {
+        let (before, after) = (old.set(kind), new.set(kind));
+        if before.v4 != after.v4 {
+            refill_one(&mut batch, kind, false, after);
+        }
+        if before.v6 != after.v6 {
+            refill_one(&mut batch, kind, true, after);
+        }
+    }
+    Some(batch.to_nftables())
+}
+
 /// Removes our table. Adding it first makes the delete succeed whether or
 /// not the table is there, in one transaction.
 pub fn remove() -> Nftables<'static> {
@@ -230,31 +259,34 @@ pub fn remove() -> Nftables<'static> {
 
 fn refill_sets(batch: &mut Batch<'static>, desired: &Desired, kinds: &[SetKind]) {
     for &kind in kinds {
-        let prefixes = desired.set(kind);
         for v6 in [false, true] {
-            batch.add_cmd(NfCmd::Flush(FlushObject::Set(Box::new(set_decl(kind, v6)))));
-            let elems: Vec<Expression<'static>> = if v6 {
-                prefixes
-                    .v6
-                    .iter()
-                    .map(|n| prefix_expr(IpNet::V6(*n)))
-                    .collect()
-            } else {
-                prefixes
-                    .v4
-                    .iter()
-                    .map(|n| prefix_expr(IpNet::V4(*n)))
-                    .collect()
-            };
-            if !elems.is_empty() {
-                batch.add(NfListObject::Element(nftables::schema::Element {
-                    family: FAMILY,
-                    table: TABLE.into(),
-                    name: kind.name(v6).into(),
-                    elem: Cow::Owned(elems),
-                }));
-            }
+            refill_one(batch, kind, v6, desired.set(kind));
         }
+    }
+}
+
+fn refill_one(batch: &mut Batch<'static>, kind: SetKind, v6: bool, prefixes: &Prefixes) {
+    batch.add_cmd(NfCmd::Flush(FlushObject::Set(Box::new(set_decl(kind, v6)))));
+    let elems: Vec<Expression<'static>> = if v6 {
+        prefixes
+            .v6
+            .iter()
+            .map(|n| prefix_expr(IpNet::V6(*n)))
+            .collect()
+    } else {
+        prefixes
+            .v4
+            .iter()
+            .map(|n| prefix_expr(IpNet::V4(*n)))
+            .collect()
+    };
+    if !elems.is_empty() {
+        batch.add(NfListObject::Element(nftables::schema::Element {
+            family: FAMILY,
+            table: TABLE.into(),
+            name: kind.name(v6).into(),
+            elem: Cow::Owned(elems),
+        }));
     }
 }
 
@@ -598,6 +630,25 @@ mod tests {
         let text = json(&sets_only(&desired())).to_string();
         assert!(text.contains("allow4") && text.contains("deny6"));
         assert!(!text.contains("always4") && !text.contains("\"rule\""));
+    }
+
+    #[test]
+    fn update_touches_only_what_changed() {
+        let old = desired();
+        assert!(update(&old, &old).is_none());
+        let mut new = old.clone();
+        new.deny = Prefixes::merge(&["192.0.2.0/24".parse().unwrap()]);
+        let text = json(&update(&old, &new).unwrap()).to_string();
+        assert!(
+            text.contains("deny4") && !text.contains("deny6") && !text.contains("\"rule\""),
+            "{text}"
+        );
+        new.allow_internet_access = false;
+        let text = json(&update(&old, &new).unwrap()).to_string();
+        assert!(
+            text.contains("\"rule\"") && text.contains("always4"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -269,3 +269,23 @@ fn health_and_metrics() {
     );
     assert!(m.contains("netctl_applies_total{result=\"ok\"} 1"), "{m}");
 }
+
+#[test]
+fn a_table_changed_behind_our_back_is_repaired_by_the_next_put() {
+    if !require_netns() {
+        return;
+    }
+    let w = World::new();
+    let policy = format!(r#"{{"deny_out": ["{V4_A}"]}}"#);
+    w.put_ok("sb", &policy);
+    w.sandbox.sh("nft delete table inet sbx_netctl");
+    // Same state: re-asserted whole.
+    w.put_ok("sb", &policy);
+    w.assert_refused(V4_A);
+    // A changed state whose incremental form no longer fits the kernel
+    // falls back to the whole table.
+    w.sandbox.sh("nft delete table inet sbx_netctl");
+    w.put_ok("sb", &format!(r#"{{"deny_out": ["{V4_B}"]}}"#));
+    w.assert_refused(V4_B);
+    w.assert_reachable(V4_A);
+}

@@ -23,7 +23,10 @@ use clap::Parser;
 use crate::rig::{in_netns, link, Daemon, Netns};
 
 #[derive(Debug, Parser)]
-#[command(name = "netctl-bench", about = "Benchmark netctl against same-run baselines")]
+#[command(
+    name = "netctl-bench",
+    about = "Benchmark netctl against same-run baselines"
+)]
 struct Cli {
     /// The netctl binary (default: next to this one).
     #[arg(long)]
@@ -34,6 +37,9 @@ struct Cli {
     /// Saved sandboxes for the reconcile figure.
     #[arg(long, default_value_t = 200)]
     sandboxes: usize,
+    /// Only the throughput figures.
+    #[arg(long)]
+    throughput_only: bool,
     /// Applies measured per policy size.
     #[arg(long, default_value_t = 40)]
     applies: usize,
@@ -66,17 +72,26 @@ fn run(cli: &Cli) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("netctl-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let _cleanup = RemoveDir(dir.clone());
-    println!("netctl-bench: {} (nft {})", netctl.display(), rig::run(std::process::Command::new("nft").arg("--version"))?.trim());
+    println!(
+        "netctl-bench: {} (nft {})",
+        netctl.display(),
+        rig::run(std::process::Command::new("nft").arg("--version"))?.trim()
+    );
 
     let sandbox = Netns::new("nbs")?;
     let internet = Netns::new("nbi")?;
     link(&sandbox, "192.0.2.2/24", &internet, &format!("{SINK}/24"))?;
     let (daemon, _) = Daemon::start(&netctl, &dir.join("apply"))?;
 
-    apply_figures(cli, &daemon, &sandbox)?;
+    if !cli.throughput_only {
+        apply_figures(cli, &daemon, &sandbox)?;
+    }
     throughput_figures(cli, &daemon, &sandbox, &internet)?;
     drop(daemon);
-    reconcile_figures(cli, &netctl, &dir)?;
+    if !cli.throughput_only {
+        reconcile_figures(cli, &netctl, &dir)?;
+    }
+    let _ = std::fs::remove_file(sandbox_ct_file());
     Ok(())
 }
 
@@ -99,7 +114,9 @@ fn ms(d: Duration) -> String {
 
 /// 10 entries: addresses, CIDRs of both families.
 fn small_policy(variant: usize) -> String {
-    let mut entries: Vec<String> = (0..6).map(|i| format!("\"198.51.100.{}\"", i * 2 + variant)).collect();
+    let mut entries: Vec<String> = (0..6)
+        .map(|i| format!("\"198.51.100.{}\"", i * 2 + variant))
+        .collect();
     entries.extend((0..4).map(|i| format!("\"2001:db8:{:x}::/48\"", i * 2 + variant)));
     format!(r#"{{"deny_out": [{}]}}"#, entries.join(","))
 }
@@ -148,9 +165,18 @@ fn apply_figures(cli: &Cli, daemon: &Daemon, sandbox: &Netns) -> Result<()> {
         big.push(t.elapsed());
     }
     println!();
-    println!("apply (PUT until the rules are in the kernel), {} runs each:", cli.applies);
-    println!("  baseline: API round trip (GET /v1/health)     p50 {}", ms(percentile(&mut health, 0.5)));
-    println!("  baseline: bare `nft add table` in the netns    p50 {}", ms(percentile(&mut bare, 0.5)));
+    println!(
+        "apply (PUT until the rules are in the kernel), {} runs each:",
+        cli.applies
+    );
+    println!(
+        "  baseline: API round trip (GET /v1/health)     p50 {}",
+        ms(percentile(&mut health, 0.5))
+    );
+    println!(
+        "  baseline: bare `nft add table` in the netns    p50 {}",
+        ms(percentile(&mut bare, 0.5))
+    );
     println!(
         "  10-entry policy                               p50 {}  p95 {}   target p50 < 15 ms",
         ms(percentile(&mut small, 0.5)),
@@ -184,6 +210,13 @@ fn measure_throughput(sandbox: &Netns, secs: u64) -> Result<f64> {
     })?
 }
 
+/// A table with nothing but a conntrack match, to isolate conntrack's cost.
+const CT_ONLY: &str = "table inet bench_ct {\n chain output {\n  type filter hook output priority filter; policy accept;\n  ct state established,related ct direction reply accept\n }\n}\n";
+
+fn sandbox_ct_file() -> PathBuf {
+    std::env::temp_dir().join(format!("netctl-bench-ct-{}.nft", std::process::id()))
+}
+
 fn start_sink(internet: &Netns) -> Result<()> {
     let listener = in_netns(&internet.path(), || TcpListener::bind((SINK, SINK_PORT)))??;
     std::thread::spawn(move || {
@@ -202,12 +235,21 @@ fn start_sink(internet: &Netns) -> Result<()> {
 fn throughput_figures(cli: &Cli, daemon: &Daemon, sandbox: &Netns, internet: &Netns) -> Result<()> {
     start_sink(internet)?;
     let mut bare = Vec::new();
+    let mut tracked = Vec::new();
     let mut filtered = Vec::new();
     let policy = big_policy(10_000, 0);
     for _ in 0..3 {
         let (status, body) = daemon.call("DELETE", "/v1/sandboxes/bench", "")?;
         anyhow::ensure!(status == 204 || status == 404, "DELETE: {status} {body}");
         bare.push(measure_throughput(sandbox, cli.seconds)?);
+        // Conntrack alone: what any reply-direction rule costs.
+        std::fs::write(sandbox_ct_file(), CT_ONLY)?;
+        sandbox.exec(
+            "nft",
+            &["-f", sandbox_ct_file().to_str().unwrap_or_default()],
+        )?;
+        tracked.push(measure_throughput(sandbox, cli.seconds)?);
+        sandbox.exec("nft", &["delete", "table", "inet", "bench_ct"])?;
         daemon.put("bench", &sandbox.name, &policy)?;
         filtered.push(measure_throughput(sandbox, cli.seconds)?);
     }
@@ -217,10 +259,25 @@ fn throughput_figures(cli: &Cli, daemon: &Daemon, sandbox: &Netns, internet: &Ne
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let (b, f) = (median(&mut bare), median(&mut filtered));
+    let (b, t, f) = (
+        median(&mut bare),
+        median(&mut tracked),
+        median(&mut filtered),
+    );
     println!();
-    println!("TCP throughput sandbox -> internet (veth), median of 3 x {} s:", cli.seconds);
-    println!("  baseline: no table                            {:.2} Gbit/s", b * 8.0 / 1e9);
+    println!(
+        "TCP throughput sandbox -> internet (veth), median of 3 x {} s:",
+        cli.seconds
+    );
+    println!(
+        "  baseline: no table                            {:.2} Gbit/s",
+        b * 8.0 / 1e9
+    );
+    println!(
+        "  baseline: conntrack only (one ct state rule)  {:.2} Gbit/s = {:.1}% of no table",
+        t * 8.0 / 1e9,
+        t / b * 100.0
+    );
     println!(
         "  through a {elements}-prefix deny set (judged per packet) {:.2} Gbit/s = {:.1}% of baseline   target >= 95%",
         f * 8.0 / 1e9,
@@ -254,11 +311,18 @@ fn reconcile_figures(cli: &Cli, netctl: &std::path::Path, dir: &std::path::Path)
         .unwrap_or(0);
     let present = namespaces
         .iter()
-        .filter(|ns| ns.exec("nft", &["list", "tables"]).map(|t| t.contains("sbx_netctl")).unwrap_or(false))
+        .filter(|ns| {
+            ns.exec("nft", &["list", "tables"])
+                .map(|t| t.contains("sbx_netctl"))
+                .unwrap_or(false)
+        })
         .count();
     println!();
     println!("daemon start until listening:");
-    println!("  baseline: no saved sandboxes                  {}", ms(empty_start));
+    println!(
+        "  baseline: no saved sandboxes                  {}",
+        ms(empty_start)
+    );
     println!(
         "  {} saved sandboxes (tables re-created: {present}, applied: {applied})  {}   target < 5 s",
         cli.sandboxes,

@@ -111,7 +111,10 @@ impl Daemon {
         let socket = dir.join("netctl.sock");
         let config = dir.join("config.toml");
         // No names are used: the upstream only keeps resolv.conf out of it.
-        std::fs::write(&config, "reconcile_concurrency = 8\n[dns]\nupstreams = [\"192.0.2.53\"]\n")?;
+        std::fs::write(
+            &config,
+            "reconcile_concurrency = 8\n[dns]\nupstreams = [\"192.0.2.53\"]\n",
+        )?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -164,7 +167,10 @@ impl Daemon {
         let body = format!(r#"{{"netns":"{netns}","network":{network}}}"#);
         let (status, answer) = self.call("PUT", &format!("/v1/sandboxes/{id}"), &body)?;
         if status != 200 {
-            bail!("PUT {id}: {status} {}", answer.chars().take(300).collect::<String>());
+            bail!(
+                "PUT {id}: {status} {}",
+                answer.chars().take(300).collect::<String>()
+            );
         }
         Ok(())
     }

@@ -86,6 +86,16 @@ pub struct CreateProcess {
     /// `run` only: seconds before the process is killed (SIGKILL).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<f64>,
+    /// The Tensorlake SDK's managed processes (`name`, `restart`,
+    /// `health_check`) are not supported; they are parsed only so that a
+    /// request using them is refused with a clear 400 instead of silently
+    /// running an unmanaged process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<serde_json::Value>,
 }
 
 /// Lifecycle state of a process.

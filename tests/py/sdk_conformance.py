@@ -67,6 +67,8 @@ def run_as_user():
     if os.geteuid() == 0:
         assert r.exit_code == 0 and r.stdout.strip() != "0", r
     expect_error(lambda: sbx.run("true", user="no-such-user-sbx"), 400)
+    # Managed processes (name/restart/health_check) are refused, not ignored.
+    expect_error(lambda: sbx.start_process("true", name="web"), 400)
 
 
 def start_and_follow():

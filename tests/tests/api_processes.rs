@@ -349,6 +349,13 @@ fn bad_requests_are_400_with_a_code() {
         b"{\"command\":",
     )
     .assert_error(400, "BAD_REQUEST");
+    for managed in [
+        json!({"command": "true", "name": "web"}),
+        json!({"command": "true", "restart": {"policy": "always"}}),
+        json!({"command": "true", "health_check": {"type": "tcp", "port": 80}}),
+    ] {
+        c.post_json(p, &managed).assert_error(400, "BAD_REQUEST");
+    }
     c.request("POST", p, &[], b"{\"command\":\"true\"}")
         .assert_error(400, "BAD_REQUEST");
 }

@@ -94,6 +94,15 @@ pub struct CreateProcessDoc {
     /// Seconds before the process is killed with SIGKILL.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<f64>,
+    /// Managed processes are not supported: refused with 400.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<serde_json::Value>,
+    /// Managed processes are not supported: refused with 400.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart: Option<serde_json::Value>,
+    /// Managed processes are not supported: refused with 400.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<serde_json::Value>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -474,6 +483,9 @@ mod drift {
                 stderr_mode: api::OutputMode::Capture,
                 user: u,
                 timeout: Some(1.5),
+                name: Some(json!("n")),
+                restart: None,
+                health_check: Some(json!({"type": "tcp"})),
             };
             let api::CreateProcess {
                 command,
@@ -485,6 +497,9 @@ mod drift {
                 stderr_mode,
                 user: u,
                 timeout,
+                name,
+                restart,
+                health_check,
             } = c.clone();
             same(
                 &c,
@@ -498,6 +513,9 @@ mod drift {
                     stderr_mode: output_mode(stderr_mode),
                     user: u.map(user),
                     timeout,
+                    name,
+                    restart,
+                    health_check,
                 },
             );
         }
@@ -699,7 +717,6 @@ mod drift {
                 sessions: sessions.into_iter().map(pty_info).collect(),
             }
         });
-        let _ = json!(null);
     }
 
     #[test]

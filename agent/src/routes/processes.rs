@@ -46,6 +46,18 @@ fn lookup(state: &AppState, raw: &str) -> Result<Arc<Process>, ApiError> {
 }
 
 fn start(state: &AppState, body: CreateProcess) -> Result<Arc<Process>, ApiError> {
+    for (field, given) in [
+        ("name", body.name.is_some()),
+        ("restart", body.restart.is_some()),
+        ("health_check", body.health_check.is_some()),
+    ] {
+        if given {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                format!("`{field}`: managed processes are not supported by this agent"),
+            ));
+        }
+    }
     let timeout = match body.timeout {
         None => None,
         Some(t) if t.is_finite() && t > 0.0 && t <= MAX_TIMEOUT_SECS => {

@@ -47,6 +47,8 @@ struct Cli {
 
 const SINK: &str = "192.0.2.1";
 const SINK_PORT: u16 = 5201;
+/// Throughput runs per lane.
+const ROUNDS: usize = 5;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -238,21 +240,36 @@ fn throughput_figures(cli: &Cli, daemon: &Daemon, sandbox: &Netns, internet: &Ne
     let mut tracked = Vec::new();
     let mut filtered = Vec::new();
     let policy = big_policy(10_000, 0);
-    for _ in 0..3 {
-        let (status, body) = daemon.call("DELETE", "/v1/sandboxes/bench", "")?;
-        anyhow::ensure!(status == 204 || status == 404, "DELETE: {status} {body}");
-        bare.push(measure_throughput(sandbox, cli.seconds)?);
-        // Conntrack alone: what any reply-direction rule costs.
-        std::fs::write(sandbox_ct_file(), CT_ONLY)?;
-        sandbox.exec(
-            "nft",
-            &["-f", sandbox_ct_file().to_str().unwrap_or_default()],
-        )?;
-        tracked.push(measure_throughput(sandbox, cli.seconds)?);
-        sandbox.exec("nft", &["delete", "table", "inet", "bench_ct"])?;
-        daemon.put("bench", &sandbox.name, &policy)?;
-        filtered.push(measure_throughput(sandbox, cli.seconds)?);
+    // Lanes run in a rotating order so drift in the machine's load (other
+    // jobs, CPU frequency) does not favour one of them.
+    for round in 0..ROUNDS {
+        for lane in 0..3 {
+            match (lane + round) % 3 {
+                0 => {
+                    let (status, body) = daemon.call("DELETE", "/v1/sandboxes/bench", "")?;
+                    anyhow::ensure!(status == 204 || status == 404, "DELETE: {status} {body}");
+                    bare.push(measure_throughput(sandbox, cli.seconds)?);
+                }
+                1 => {
+                    let (status, body) = daemon.call("DELETE", "/v1/sandboxes/bench", "")?;
+                    anyhow::ensure!(status == 204 || status == 404, "DELETE: {status} {body}");
+                    // Conntrack alone: what any reply-direction rule costs.
+                    std::fs::write(sandbox_ct_file(), CT_ONLY)?;
+                    sandbox.exec(
+                        "nft",
+                        &["-f", sandbox_ct_file().to_str().unwrap_or_default()],
+                    )?;
+                    tracked.push(measure_throughput(sandbox, cli.seconds)?);
+                    sandbox.exec("nft", &["delete", "table", "inet", "bench_ct"])?;
+                }
+                _ => {
+                    daemon.put("bench", &sandbox.name, &policy)?;
+                    filtered.push(measure_throughput(sandbox, cli.seconds)?);
+                }
+            }
+        }
     }
+    daemon.put("bench", &sandbox.name, &policy)?;
     let table = sandbox.exec("nft", &["list", "set", "inet", "sbx_netctl", "deny4"])?;
     let elements = table.matches("/25").count();
     let median = |v: &mut Vec<f64>| {
@@ -266,7 +283,7 @@ fn throughput_figures(cli: &Cli, daemon: &Daemon, sandbox: &Netns, internet: &Ne
     );
     println!();
     println!(
-        "TCP throughput sandbox -> internet (veth), median of 3 x {} s:",
+        "TCP throughput sandbox -> internet (veth), median of {ROUNDS} x {} s, lanes interleaved:",
         cli.seconds
     );
     println!(

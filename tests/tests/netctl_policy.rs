@@ -222,7 +222,8 @@ fn forwarded_traffic_from_iface_is_judged_too() {
     vm.ip(&["route", "add", "default", "via", "203.0.113.65"]);
     w.internet
         .ip(&["route", "add", "203.0.113.64/26", "via", "192.0.2.2"]);
-    w.sandbox.sh("sysctl -qw net.ipv4.ip_forward=1");
+    // Net sysctls follow the writer's namespace: this is the sandbox's own.
+    w.sandbox.sh("echo 1 > /proc/sys/net/ipv4/ip_forward");
     let body = format!(
         r#"{{"netns":"{}","iface":"{sb_if}","network":{{"deny_out":["{V4_A}"]}}}}"#,
         w.sandbox.name()

@@ -604,3 +604,31 @@ fn routes_need_auth() {
         .assert_error(401, "UNAUTHORIZED");
     anon.get("/api/v1/pty").assert_error(401, "UNAUTHORIZED");
 }
+
+#[test]
+fn finished_processes_are_forgotten_beyond_the_configured_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, "[limits]\nmax_finished_processes = 3\n").unwrap();
+    let agent = Agent::start(&["--config", config.to_str().unwrap()]);
+    let c = client(&agent);
+    let mut pids = Vec::new();
+    for _ in 0..6 {
+        let pid = c.start(json!({"command": "true"}));
+        c.wait_exit(pid);
+        pids.push(pid);
+    }
+    let listed: Vec<u64> = c.get("/api/v1/processes").json()["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    for newest in &pids[3..] {
+        assert!(listed.contains(newest), "newest kept: {listed:?}");
+    }
+    c.get(&format!("/api/v1/processes/{}", pids[0]))
+        .assert_error(404, "NOT_FOUND");
+    assert_eq!(c.info()["total_processes"], 6);
+}

@@ -228,6 +228,7 @@ fn run(cli: &Cli) -> Result<bool> {
             ],
         }),
         floor_echo: floor.as_ref().map(|(_, _, addr)| *addr),
+        peer_notes: Default::default(),
     };
     let agent_ws = Endpoint {
         addr: agent.addr,
@@ -249,6 +250,7 @@ fn run(cli: &Cli) -> Result<bool> {
             .zip(peer_ws.as_ref())
             .map(|(p, ep)| (&p.echo.server, ep));
         suite::memory(
+            &lanes,
             &settings,
             &agent.proc,
             &agent_ws,
@@ -274,6 +276,7 @@ fn run(cli: &Cli) -> Result<bool> {
         let peer_server = peer.as_ref().map(|p| &p.echo.server);
         suite::rss_after_runs(&agent.proc, peer_server, &mut rows)?;
     }
+    let peer_notes = lanes.peer_notes.take();
     drop(lanes);
     // A figure measured against a process that died midway means nothing.
     agent.proc.ensure_running()?;
@@ -309,6 +312,9 @@ fn run(cli: &Cli) -> Result<bool> {
         "CPU rows: user+sys CPU seconds per GB moved (/proc/PID/stat); \"all processes\" adds the bench's own client and server, \
          so with C idle cores no route can exceed C / value GB/s. Direct in the open rows: TCP connect -> 1st echo."
     );
+    for note in &peer_notes {
+        println!("NOTE: {note}");
+    }
     if cli.keep_logs {
         println!("Logs kept in {}", scratch.dir().display());
     }
@@ -319,6 +325,7 @@ fn run(cli: &Cli) -> Result<bool> {
             "load_before": load_before,
             "load_after": load_after,
             "peer": peer_note,
+            "peer_notes": peer_notes,
         });
         let text = serde_json::to_string_pretty(&doc).context("encode JSON")?;
         std::fs::write(path, text).with_context(|| format!("write {}", path.display()))?;

@@ -1,6 +1,7 @@
 //! The measurements, each taken on every route in the same run and turned
 //! into table rows with their targets.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -50,6 +51,26 @@ pub struct Lanes<'a> {
     /// Echo through two plain TCP forwarders: the latency floor of any
     /// design with two extra processes (see `hop.rs`).
     pub floor_echo: Option<SocketAddr>,
+    /// Why the peer's figures are missing where they are.
+    pub peer_notes: RefCell<Vec<String>>,
+}
+
+impl Lanes<'_> {
+    /// Passes errors on; except on the peer's lane, where a failure is the
+    /// peer tool's, not the bench's: it is noted and `false` returned, so
+    /// the caller leaves that figure out instead of ending the run.
+    fn tolerate(&self, lane: usize, what: &str, result: Result<()>) -> Result<bool> {
+        match result {
+            Ok(()) => Ok(true),
+            Err(err) if lane == PEER => {
+                let note = format!("{what}: peer tool failed, figure left out: {err:#}");
+                eprintln!("tunnel-bench: NOTE: {note}");
+                self.peer_notes.borrow_mut().push(note);
+                Ok(false)
+            }
+            Err(err) => Err(err.context(format!("{what} via {}", LABELS[lane]))),
+        }
+    }
 }
 
 /// A figure per route.
@@ -79,12 +100,23 @@ pub fn throughput(lanes: &Lanes, s: &Settings, streams: usize, rows: &mut Vec<Ro
     let mut cpu_all: [Vec<f64>; 3] = Default::default();
     let me = std::process::id();
     let gb = total as f64 / 1e9;
+    let mut peer_ok = true;
     for _ in 0..s.repeat {
         for (i, lane) in lane_list(lanes) {
+            if i == PEER && !peer_ok {
+                continue;
+            }
             let before = cpu_of(&lane.procs)?;
             let before_me = procs::cpu_time(me)?.as_secs_f64();
-            let rate = load::throughput(lane.route.sink, total, streams)
-                .with_context(|| format!("{} throughput via {}", streams, LABELS[i]))?;
+            let mut rate = 0.0;
+            let result = load::throughput(lane.route.sink, total, streams).map(|r| rate = r);
+            if !lanes.tolerate(i, &format!("throughput, {streams} stream(s)"), result)? {
+                peer_ok = false;
+                rates[i].clear();
+                cpu[i].clear();
+                cpu_all[i].clear();
+                continue;
+            }
             let spent = cpu_of(&lane.procs)? - before;
             let spent_me = procs::cpu_time(me)?.as_secs_f64() - before_me;
             rates[i].push(rate);
@@ -147,11 +179,17 @@ pub fn latency(lanes: &Lanes, s: &Settings, rows: &mut Vec<Row>) -> Result<()> {
     ));
     let mut conns = Vec::new();
     for (i, lane) in lane_list(lanes) {
-        let mut pp = load::PingPong::connect(lane.route.echo, s.rtt_size)
-            .with_context(|| format!("ping-pong via {}", LABELS[i]))?;
-        pp.run(s.rtt_warmup, None)
-            .with_context(|| format!("ping-pong warm-up via {}", LABELS[i]))?;
-        conns.push((i, pp));
+        let warm = load::PingPong::connect(lane.route.echo, s.rtt_size).and_then(|mut pp| {
+            pp.run(s.rtt_warmup, None)?;
+            Ok(pp)
+        });
+        let (pp, result) = match warm {
+            Ok(pp) => (Some(pp), Ok(())),
+            Err(err) => (None, Err(err)),
+        };
+        if lanes.tolerate(i, "ping-pong warm-up", result)? {
+            conns.extend(pp.map(|pp| (i, pp)));
+        }
     }
     if let Some(addr) = lanes.floor_echo {
         let mut pp =
@@ -166,9 +204,16 @@ pub fn latency(lanes: &Lanes, s: &Settings, rows: &mut Vec<Row>) -> Result<()> {
     let mut left = s.rtt_count;
     while left > 0 {
         let batch = left.min(RTT_BATCH);
+        let mut failed = None;
         for (i, pp) in &mut conns {
-            pp.run(batch, Some(&mut samples[*i]))
-                .with_context(|| format!("ping-pong via {}", LABELS[*i]))?;
+            let result = pp.run(batch, Some(&mut samples[*i]));
+            if !lanes.tolerate(*i, "ping-pong", result)? {
+                failed = Some(*i);
+            }
+        }
+        if let Some(i) = failed {
+            conns.retain(|(lane, _)| *lane != i);
+            samples[i].clear();
         }
         left -= batch;
     }
@@ -234,19 +279,28 @@ pub fn open_time(
     let mut first: [Vec<Duration>; 3] = Default::default();
     // In turns, in batches, like the latency runs.
     let mut left = s.open_count;
+    let mut peer_ok = true;
     while left > 0 {
         let batch = left.min(OPEN_BATCH);
         for (i, lane) in lane_list(lanes) {
-            load::open_to_first_byte(lane.route.echo, batch, &mut via[i])
-                .with_context(|| format!("open via {}", LABELS[i]))?;
+            if i == PEER && !peer_ok {
+                continue;
+            }
+            let result = load::open_to_first_byte(lane.route.echo, batch, &mut via[i]);
+            peer_ok &= lanes.tolerate(i, "open", result)?;
         }
         raw_opens(agent_ws, batch, &mut upgrade[0], &mut first[0])
             .context("raw opens to the agent")?;
-        if let Some(ep) = peer_ws {
-            raw_opens(ep, batch, &mut upgrade[2], &mut first[2])
-                .context("raw opens to the peer server")?;
+        if let (Some(ep), true) = (peer_ws, peer_ok) {
+            let result = raw_opens(ep, batch, &mut upgrade[PEER], &mut first[PEER]);
+            peer_ok &= lanes.tolerate(PEER, "raw WebSocket opens", result)?;
         }
         left -= batch;
+    }
+    if !peer_ok {
+        via[PEER].clear();
+        upgrade[PEER].clear();
+        first[PEER].clear();
     }
     // A raw client has no direct counterpart but a plain connect.
     upgrade[1].clone_from(&via[1]);
@@ -323,6 +377,7 @@ fn raw_opens(
 /// transfer, so that buffers freed by earlier runs (which the allocator
 /// keeps) are not counted as the cost of idle tunnels.
 pub fn memory(
+    lanes: &Lanes,
     s: &Settings,
     agent: &Spawned,
     agent_ws: &Endpoint,
@@ -334,7 +389,12 @@ pub fn memory(
     progress(&format!("memory with {n} idle tunnels"));
     let loaded_agent = rss_with_tunnels(agent, agent_ws, n).context("agent with idle tunnels")?;
     let loaded_peer = match peer {
-        Some((p, ep)) => Some(rss_with_tunnels(p, ep, n).context("peer with idle tunnels")?),
+        Some((p, ep)) => {
+            let mut rss = None;
+            let result = rss_with_tunnels(p, ep, n).map(|r| rss = Some(r));
+            lanes.tolerate(PEER, "idle tunnels", result)?;
+            rss
+        }
         None => None,
     };
     rows.push(
@@ -405,6 +465,8 @@ fn rss_with_tunnels(server: &Spawned, ep: &Endpoint, n: usize) -> Result<f64> {
 const LABELS: [&str; 4] = ["sbx tunnel", "direct TCP", "peer tool", "forwarders"];
 /// Index of the hop-floor lane in [`LABELS`].
 const FLOOR: usize = 3;
+/// Index of the peer lane in [`LABELS`].
+const PEER: usize = 2;
 
 /// The lanes in measuring order with their index into [`LABELS`].
 fn lane_list<'a>(lanes: &'a Lanes<'a>) -> Vec<(usize, &'a Lane<'a>)> {

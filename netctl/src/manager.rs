@@ -695,11 +695,15 @@ async fn refresher(manager: Arc<Manager>, entry: Arc<Entry>) {
         if let Err(e) = manager.store.save(&saved) {
             warn!(sandbox = %entry.id, error = %e, "could not save refreshed names");
         }
-        match manager
+        let mut applied = manager
             .nft
             .apply(&path, &ruleset::sets_only(&desired))
-            .await
-        {
+            .await;
+        if applied.is_err() && path.exists() {
+            // Our table was changed behind our back: put it back whole.
+            applied = manager.nft.apply(&path, &ruleset::full(&desired)).await;
+        }
+        match applied {
             Ok(()) => {
                 manager.metrics.set_updates.fetch_add(1, Ordering::Relaxed);
                 debug!(sandbox = %entry.id, "sets refreshed");

@@ -289,3 +289,27 @@ fn a_table_changed_behind_our_back_is_repaired_by_the_next_put() {
     w.assert_refused(V4_B);
     w.assert_reachable(V4_A);
 }
+
+#[test]
+fn netns_given_as_a_proc_path() {
+    if !require_netns() {
+        return;
+    }
+    let w = World::new();
+    // A process living in the sandbox namespace; its /proc path names it.
+    let mut holder = w.sandbox.command("sleep");
+    holder.arg("60");
+    let holder = sbx_tests::process::ChildGuard::spawn("sleep", &mut holder);
+    let path = format!("/proc/{}/ns/net", holder.pid());
+    // `ip netns exec` execs in place, but give it a moment to get there.
+    let ours = std::fs::read_link("/proc/self/ns/net").expect("own netns");
+    let entered = w.wait_for(Duration::from_secs(5), || {
+        std::fs::read_link(&path).is_ok_and(|ns| ns != ours)
+    });
+    assert!(entered.is_some(), "holder never entered the namespace");
+    let body = format!(r#"{{"netns":"{path}","network":{{"deny_out":["{V4_A}"]}}}}"#);
+    let r = w.api().call("PUT", "/v1/sandboxes/byproc", Some(&body));
+    assert_eq!(r.status, 200, "{}", r.body);
+    w.assert_refused(V4_A);
+    w.assert_reachable(V4_B);
+}

@@ -151,6 +151,35 @@ fn apply_figures(cli: &Cli, daemon: &Daemon, sandbox: &Netns) -> Result<()> {
         bare.push(t.elapsed());
     }
     sandbox.exec("nft", &["delete", "table", "inet", "bench_noop"])?;
+    // The floor of a real change: one nft transaction that swaps the
+    // contents of an interval set, as a file (bench-made text, fixed).
+    let floor_file =
+        std::env::temp_dir().join(format!("netctl-bench-floor-{}.nft", std::process::id()));
+    sandbox.exec("nft", &["add", "table", "inet", "bench_floor"])?;
+    sandbox.exec(
+        "nft",
+        &[
+            "add",
+            "set",
+            "inet",
+            "bench_floor",
+            "s",
+            "{ type ipv4_addr; flags interval; }",
+        ],
+    )?;
+    let mut floor = Vec::new();
+    for i in 0..cli.applies.min(20) {
+        let v = i % 2;
+        std::fs::write(
+            &floor_file,
+            format!("flush set inet bench_floor s\nadd element inet bench_floor s {{ 198.51.100.{v}, 198.51.100.{}, 203.0.113.0/2{} }}\n", v + 2, 4 + v),
+        )?;
+        let t = Instant::now();
+        sandbox.exec("nft", &["-f", floor_file.to_str().unwrap_or_default()])?;
+        floor.push(t.elapsed());
+    }
+    sandbox.exec("nft", &["delete", "table", "inet", "bench_floor"])?;
+    let _ = std::fs::remove_file(&floor_file);
 
     let mut small = Vec::new();
     for i in 0..cli.applies {
@@ -178,6 +207,10 @@ fn apply_figures(cli: &Cli, daemon: &Daemon, sandbox: &Netns) -> Result<()> {
     println!(
         "  baseline: bare `nft add table` in the netns    p50 {}",
         ms(percentile(&mut bare, 0.5))
+    );
+    println!(
+        "  baseline: bare set swap (flush + add) via nft  p50 {}",
+        ms(percentile(&mut floor, 0.5))
     );
     println!(
         "  10-entry policy                               p50 {}  p95 {}   target p50 < 15 ms",

@@ -127,7 +127,9 @@ async fn refuses_missing_and_bad_credentials_with_401() {
         assert_eq!(err.1.as_deref(), Some("UNAUTHORIZED"), "{what}");
     }
     // Auth comes before anything else: a bad port without credentials is 401.
-    let err = open(&agent, "?port=0", None).await.err().expect("refused");
+    let Err(err) = open(&agent, "?port=0", None).await else {
+        panic!("a bad port without credentials was accepted");
+    };
     assert_eq!(err.0, 401);
 
     // Both good credential kinds work.
@@ -166,10 +168,9 @@ async fn health_is_public_and_everything_else_needs_auth() {
 async fn nothing_listening_is_502_before_any_upgrade() {
     let agent = Agent::start(&[]);
     let port = free_port();
-    let err = open(&agent, &format!("?port={port}"), bearer(&agent))
-        .await
-        .err()
-        .expect("refused");
+    let Err(err) = open(&agent, &format!("?port={port}"), bearer(&agent)).await else {
+        panic!("a port with nothing listening was accepted");
+    };
     assert_eq!(err.0, 502, "{err:?}");
     assert_eq!(err.1.as_deref(), Some("CONNECTION_REFUSED"));
     assert!(
@@ -292,10 +293,9 @@ async fn tunnel_limit_answers_429() {
     let query = format!("?port={}", echo.port());
     let a = open(&agent, &query, bearer(&agent)).await.expect("first");
     let _b = open(&agent, &query, bearer(&agent)).await.expect("second");
-    let err = open(&agent, &query, bearer(&agent))
-        .await
-        .err()
-        .expect("third refused");
+    let Err(err) = open(&agent, &query, bearer(&agent)).await else {
+        panic!("a third tunnel beyond --max-tunnels 2 was accepted");
+    };
     assert_eq!(err.0, 429);
     assert_eq!(err.1.as_deref(), Some("TOO_MANY_TUNNELS"));
     drop(a);

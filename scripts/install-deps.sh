@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs what the build, the tests and the demo need on Debian (as root).
+# Safe to run repeatedly: packages already present are left alone.
+set -euo pipefail
+
+APT_PACKAGES=(
+  nftables          # netctl applies rulesets with nft
+  iproute2          # tests and the demo build namespaces with ip
+  dnsmasq-base      # the DNS server of the test "internet"
+  redis-server      # a real service inside a test sandbox
+  redis-tools       # redis-cli and redis-benchmark on the client side
+  python3-websockets # a WebSocket client that is not ours
+  python3-venv      # the Tensorlake SDK conformance test's virtualenv
+  python3-pip
+  curl
+  procps
+  psmisc
+  ca-certificates
+)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  if [[ $EUID -ne 0 ]]; then
+    echo "install-deps: missing packages ${missing[*]}; run as root" >&2
+    exit 1
+  fi
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  for dir in "$HOME/.cargo/bin" /root/.cargo/bin /usr/local/cargo/bin; do
+    [[ -x "$dir/cargo" ]] && export PATH="$dir:$PATH" && break
+  done
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "install-deps: Rust 1.85 or newer is required: https://rustup.rs (Debian's cargo is too old)" >&2
+  exit 1
+fi

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every check and test: formatting, clippy, unit tests, and integration
+# tests with real agents, network namespaces, nftables, DNS and real clients.
+# Needs root (namespaces, nftables). Set CI=true to make missing
+# prerequisites fail instead of skipping the tests that need them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/install-deps.sh
+
+if [[ $EUID -ne 0 ]]; then
+  echo "test.sh: run as root (the integration tests create network namespaces)" >&2
+  exit 1
+fi
+
+# Thousands of sockets in the concurrency tests.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "build (profile ci: optimised, no LTO)"
+cargo build --profile ci --workspace --bins --locked
+
+step "tests"
+cargo test --profile ci --workspace --locked

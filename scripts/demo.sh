@@ -47,23 +47,27 @@ ip -n "$CLIENT_NS" link set "dcl$ID" up
 ok "sandbox $SANDBOX_NS at 198.51.100.2, client $CLIENT_NS at 198.51.100.1"
 sb() { ip netns exec "$SANDBOX_NS" "$@"; }
 cl() { ip netns exec "$CLIENT_NS" "$@"; }
+# Starts a long-running process in a namespace and records its PID. `ip netns
+# exec` execs the command, so $! is the process itself and cleanup ends it.
+spawn() { # namespace out err command...
+  local ns=$1 out=$2 err=$3; shift 3
+  ip netns exec "$ns" "$@" >"$out" 2>"$err" &
+  PIDS+=($!)
+}
 
 bold "3. Services inside the sandbox, on its loopback only"
-sb redis-server --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null &
-PIDS+=($!)
+spawn "$SANDBOX_NS" /dev/null "$WORK/redis.log" redis-server --bind 127.0.0.1 --port 6379 --save "" --appendonly no
 mkdir -p "$WORK/www"
 head -c 5000000 /dev/urandom > "$WORK/www/blob.bin"
-(cd "$WORK/www" && exec ip netns exec "$SANDBOX_NS" python3 -m http.server 8080 --bind 127.0.0.1 >/dev/null 2>&1) &
-PIDS+=($!)
+spawn "$SANDBOX_NS" /dev/null "$WORK/http.log" python3 -m http.server 8080 --bind 127.0.0.1 --directory "$WORK/www"
 for _ in $(seq 100); do sb redis-cli -p 6379 ping >/dev/null 2>&1 && break; sleep 0.05; done
 ok "redis-server on 127.0.0.1:6379, an HTTP server on 127.0.0.1:8080"
 
 bold "4. The agent in the sandbox, with a forwarded-auth key as an operator would install it"
 python3 -c 'import secrets; print(secrets.token_hex(32))' > "$WORK/forwarded-auth.key"
 chmod 600 "$WORK/forwarded-auth.key"
-sb "$BIN/sbx-agent" --listen 198.51.100.2:9501 --sandbox-id "sbx-demo" \
-  --forwarded-auth-key-file "$WORK/forwarded-auth.key" > "$WORK/agent.out" 2> "$WORK/agent.log" &
-PIDS+=($!)
+spawn "$SANDBOX_NS" "$WORK/agent.out" "$WORK/agent.log" "$BIN/sbx-agent" --listen 198.51.100.2:9501 \
+  --sandbox-id "sbx-demo" --forwarded-auth-key-file "$WORK/forwarded-auth.key"
 for _ in $(seq 100); do grep -q "listening" "$WORK/agent.out" && break; sleep 0.05; done
 ok "$(cat "$WORK/agent.out")"
 HEALTH=$(cl curl -s http://198.51.100.2:9501/api/v1/health)
@@ -73,9 +77,8 @@ cl redis-cli -h 198.51.100.2 -p 6379 ping >/dev/null 2>&1 && fail "redis reachab
 
 bold "5. sbx tunnel from the client namespace (minting tokens as the sandbox proxy would)"
 tunnel() { # remote-port local-port
-  cl "$BIN/sbx" tunnel http://198.51.100.2:9501 "$1" -l "$2" \
-    --key-file "$WORK/forwarded-auth.key" --sandbox-id sbx-demo > "$WORK/tunnel-$1.out" 2>&1 &
-  PIDS+=($!)
+  spawn "$CLIENT_NS" "$WORK/tunnel-$1.out" "$WORK/tunnel-$1.err" "$BIN/sbx" tunnel http://198.51.100.2:9501 "$1" -l "$2" \
+    --key-file "$WORK/forwarded-auth.key" --sandbox-id sbx-demo
   for _ in $(seq 100); do grep -q Forwarding "$WORK/tunnel-$1.out" && break; sleep 0.05; done
   ok "$(head -1 "$WORK/tunnel-$1.out")"
 }
@@ -91,11 +94,11 @@ cl curl -s -o "$WORK/downloaded.bin" http://127.0.0.1:18080/blob.bin
 A=$(sha256sum < "$WORK/www/blob.bin" | cut -c1-16); B=$(sha256sum < "$WORK/downloaded.bin" | cut -c1-16)
 [[ "$A" == "$B" ]] && ok "5 MB over HTTP through the tunnel, sha256 $B… matches" || fail "download differs"
 echo "  redis-benchmark through the tunnel (20,000 requests, 16 clients):"
-cl redis-benchmark -p 16379 -n 20000 -c 16 -t set,get -q | sed 's/^/    /'
+cl redis-benchmark -p 16379 -n 20000 -c 16 -t set,get -q 2>&1 | tr '\r' '\n' | grep "requests per second" | sed 's/^ */    /'
 
 bold "7. Refusals are clear and immediate"
-cl "$BIN/sbx" tunnel http://198.51.100.2:9501 6380 -l 16380 --key-file "$WORK/forwarded-auth.key" --sandbox-id sbx-demo >/dev/null 2>"$WORK/err1" &
-PIDS+=($!)
+spawn "$CLIENT_NS" /dev/null "$WORK/err1" "$BIN/sbx" tunnel http://198.51.100.2:9501 6380 -l 16380 \
+  --key-file "$WORK/forwarded-auth.key" --sandbox-id sbx-demo
 sleep 0.3
 cl bash -c 'exec 3<>/dev/tcp/127.0.0.1/16380; cat <&3' >/dev/null 2>&1 || true
 sleep 0.2
@@ -103,6 +106,6 @@ ok "tunnel to a closed port: $(grep -m1 sbx: "$WORK/err1")"
 cl "$BIN/sbx" tunnel http://198.51.100.2:9501 6379 -l 0 --token wrong-token-0123456789 2>&1 | sed 's/^/  ✔ wrong credentials: /' || true
 
 bold "8. What the agent logged (one line per tunnel)"
-grep -E "tunnel (open|closed)" "$WORK/agent.log" | tail -4 | sed 's/^/  /'
+grep -E "tunnel (open|closed).*port=8080" "$WORK/agent.log" | tail -2 | sed 's/^/  /'
 
 bold "Done: cleaning up namespaces and processes."

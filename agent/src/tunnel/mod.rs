@@ -96,8 +96,12 @@ async fn run(
     };
     let ws = parts.io.into_inner();
     let _ = ws.set_nodelay(true);
-    let peer = ws.peer_addr().ok();
-    tracing::info!(port, peer = ?peer, "tunnel open");
+    // The peer is the proxy (or a direct client): logged on both lines so
+    // an open and its close can be paired.
+    let peer = ws
+        .peer_addr()
+        .map_or_else(|_| "unknown".to_owned(), |addr| addr.to_string());
+    tracing::info!(port, peer = %peer, "tunnel open");
 
     let config = relay_config(&state);
     let mut shutdown = state.shutdown.clone();
@@ -107,6 +111,7 @@ async fn run(
     match &outcome.result {
         Ok(()) => tracing::info!(
             port,
+            peer = %peer,
             bytes_in = outcome.bytes_to_tcp,
             bytes_out = outcome.bytes_to_ws,
             duration_ms,
@@ -114,6 +119,7 @@ async fn run(
         ),
         Err(err) => tracing::warn!(
             port,
+            peer = %peer,
             bytes_in = outcome.bytes_to_tcp,
             bytes_out = outcome.bytes_to_ws,
             duration_ms,

@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
-# End-to-end demo on this machine (as root): a sandbox network namespace with
-# the agent and two services inside, a client namespace outside, and
-# `sbx tunnel` reaching the services. Everything it creates is removed on
-# exit, also on Ctrl-C or failure. Traffic stays inside the two namespaces.
+# The whole system on this machine (as root), step by step:
+#
+#   "internet" namespace: dnsmasq (allowed.demo, denied.demo) and a web server
+#        │ veth (the host's only uplink)
+#   "host" namespace: netctl daemon, sbx tunnel (as the sandbox proxy would)
+#        │ veth made by netctl (rtnetlink), masqueraded toward the uplink
+#   sandbox namespace made by netctl: sbx-agent, redis-server, egress policy
+#
+# The machine's own network namespace is never touched: no forwarding, no
+# NAT, no rules there. Everything the demo makes is removed on exit, also on
+# Ctrl-C or failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/install-deps.sh
@@ -10,102 +17,176 @@ source scripts/install-deps.sh
 
 bold() { printf '\n\033[1m%s\033[0m\n' "$*"; }
 ok() { printf '  \033[32m✔\033[0m %s\n' "$*"; }
+info() { printf '    %s\n' "$*"; }
 fail() { printf '  \033[31m✘\033[0m %s\n' "$*"; exit 1; }
+ms_since() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
 
 ID=$$
-SANDBOX_NS="sbxdemo-sbx-$ID"
-CLIENT_NS="sbxdemo-cli-$ID"
+HOST_NS="sbxdemo-host-$ID"
+NET_NS="sbxdemo-inet-$ID"
+PREFIX="sbxdemo-$ID-"      # netctl names sandbox namespaces <prefix><id>
+SANDBOX=demo
+SANDBOX_NS="$PREFIX$SANDBOX"
+UPLINK="dup$ID"           # host end of the uplink veth
 WORK=$(mktemp -d /tmp/sbx-demo.XXXXXX)
+SOCK="$WORK/netctl.sock"
 PIDS=()
+NETCTL_PID=
 
 cleanup() {
   local pid
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  ip netns del "$SANDBOX_NS" 2>/dev/null || true
-  ip netns del "$CLIENT_NS" 2>/dev/null || true
-  rm -rf "$WORK"
+  set +e
+  if [[ -n $NETCTL_PID ]] && kill -0 "$NETCTL_PID" 2>/dev/null; then
+    target/ci/netctl --socket "$SOCK" netns delete "$SANDBOX" >/dev/null 2>&1
+  fi
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
+  # Whatever netctl could not remove (it was killed, say) goes here.
+  for ns in $(ip netns list | awk '{print $1}' | grep -E "^(sbxdemo-(host|inet)-$ID|$PREFIX)"); do
+    ip netns del "$ns" 2>/dev/null
+  done
+  rm -rf "/etc/netns/$SANDBOX_NS" "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-bold "1. Build (cargo build --profile ci)"
-cargo build --profile ci --bins -p sbx-agent -p sbx --quiet
-BIN=target/ci
-ok "sbx-agent and sbx built"
-
-bold "2. A sandbox namespace and a client namespace, linked by a veth pair"
-ip netns add "$SANDBOX_NS"
-ip netns add "$CLIENT_NS"
-ip -n "$SANDBOX_NS" link set lo up
-ip -n "$CLIENT_NS" link set lo up
-ip link add "dsb$ID" netns "$SANDBOX_NS" type veth peer name "dcl$ID" netns "$CLIENT_NS"
-ip -n "$SANDBOX_NS" addr add 198.51.100.2/24 dev "dsb$ID"
-ip -n "$CLIENT_NS" addr add 198.51.100.1/24 dev "dcl$ID"
-ip -n "$SANDBOX_NS" link set "dsb$ID" up
-ip -n "$CLIENT_NS" link set "dcl$ID" up
-ok "sandbox $SANDBOX_NS at 198.51.100.2, client $CLIENT_NS at 198.51.100.1"
-sb() { ip netns exec "$SANDBOX_NS" "$@"; }
-cl() { ip netns exec "$CLIENT_NS" "$@"; }
-# Starts a long-running process in a namespace and records its PID. `ip netns
-# exec` execs the command, so $! is the process itself and cleanup ends it.
-spawn() { # namespace out err command...
-  local ns=$1 out=$2 err=$3; shift 3
-  ip netns exec "$ns" "$@" >"$out" 2>"$err" &
+# Starts a long-running process and records its PID. `ip netns exec` and
+# `nsenter` exec the command, so $! is the process itself.
+spawn() { # out err command...
+  local out=$1 err=$2; shift 2
+  "$@" >"$out" 2>"$err" &
   PIDS+=($!)
 }
+wait_for() { # file pattern what
+  for _ in $(seq 200); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
+  fail "$3 did not start: $(tail -3 "$1" "${1%.*}.log" 2>/dev/null)"
+}
+in_host() { nsenter --net="/run/netns/$HOST_NS" "$@"; }
+in_net() { ip netns exec "$NET_NS" "$@"; }
+in_sandbox() { ip netns exec "$SANDBOX_NS" "$@"; }
+netctl() { target/ci/netctl --socket "$SOCK" "$@"; }
 
-bold "3. Services inside the sandbox, on its loopback only"
-spawn "$SANDBOX_NS" /dev/null "$WORK/redis.log" redis-server --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+bold "1. Build (cargo build --profile ci)"
+cargo build --profile ci --bins -p sbx-agent -p sbx -p netctl --quiet
+BIN=target/ci
+ok "sbx-agent, sbx and netctl built"
+
+bold "2. A host namespace and an \"internet\" namespace with DNS and a web server"
+ip netns add "$HOST_NS"
+ip netns add "$NET_NS"
+ip -n "$HOST_NS" link set lo up
+ip -n "$NET_NS" link set lo up
+ip link add "$UPLINK" netns "$HOST_NS" type veth peer name "dnet$ID" netns "$NET_NS"
+ip -n "$HOST_NS" addr add 192.0.2.2/24 dev "$UPLINK"
+ip -n "$NET_NS" addr add 192.0.2.1/24 dev "dnet$ID"
+ip -n "$HOST_NS" link set "$UPLINK" up
+ip -n "$NET_NS" link set "dnet$ID" up
+ip -n "$HOST_NS" route add default via 192.0.2.1
+for addr in 203.0.113.10 203.0.113.30 203.0.113.53 198.51.100.20; do ip -n "$NET_NS" addr add "$addr/32" dev lo; done
+cat > "$WORK/hosts" <<EOF
+203.0.113.10 allowed.demo
+198.51.100.20 denied.demo
+EOF
+spawn /dev/null "$WORK/dnsmasq.log" in_net /usr/sbin/dnsmasq --keep-in-foreground --conf-file=/dev/null \
+  --no-resolv --no-hosts --bind-interfaces --listen-address=203.0.113.53 --port=53 \
+  --addn-hosts="$WORK/hosts" --local-ttl=30 --user=root --group=root --pid-file
 mkdir -p "$WORK/www"
-head -c 5000000 /dev/urandom > "$WORK/www/blob.bin"
-spawn "$SANDBOX_NS" /dev/null "$WORK/http.log" python3 -m http.server 8080 --bind 127.0.0.1 --directory "$WORK/www"
-for _ in $(seq 100); do sb redis-cli -p 6379 ping >/dev/null 2>&1 && break; sleep 0.05; done
-ok "redis-server on 127.0.0.1:6379, an HTTP server on 127.0.0.1:8080"
+echo "hello from the internet" > "$WORK/www/index.html"
+spawn /dev/null "$WORK/web.log" in_net python3 -m http.server 80 --bind 0.0.0.0 --directory "$WORK/www"
+ok "internet $NET_NS: dnsmasq on 203.0.113.53 (allowed.demo → 203.0.113.10, denied.demo → 198.51.100.20),
+     HTTP on port 80 of those and of 203.0.113.30"
+ok "host $HOST_NS: uplink $UPLINK 192.0.2.2 → internet (the machine's own namespace is not involved)"
 
-bold "4. The agent in the sandbox, with a forwarded-auth key as an operator would install it"
+bold "3. netctl daemon in the host namespace"
+cat > "$WORK/netctl.toml" <<EOF
+[dns]
+upstreams = ["203.0.113.53"]
+min_ttl = 5
+
+[setup]
+netns_prefix = "$PREFIX"
+host_iface_prefix = "dsb"
+ipv4_pool = "10.200.0.0/24"
+ipv6_pool = "fd00:5b::/48"
+uplink = "$UPLINK"
+EOF
+spawn "$WORK/netctl.out" "$WORK/netctl.log" in_host "$BIN/netctl" --socket "$SOCK" serve \
+  --config "$WORK/netctl.toml" --state-dir "$WORK/netctl-state"
+NETCTL_PID=${PIDS[-1]}
+wait_for "$WORK/netctl.out" listening "netctl"
+ok "$(cat "$WORK/netctl.out")"
+
+bold "4. netctl creates the sandbox network and applies its policy"
+POLICY='{"allow_internet_access": true, "allow_out": ["allowed.demo"], "deny_out": ["denied.demo", "203.0.113.0/24"]}'
+info "policy: $POLICY"
+info "(203.0.113.0/24 is denied, but allow_out is evaluated first, so allowed.demo still works)"
+START=$(date +%s%N)
+netctl netns create "$SANDBOX" --policy - --json <<<"$POLICY" > "$WORK/view.json"
+ok "netctl netns create $SANDBOX: $(ms_since "$START") ms"
+SANDBOX_IP=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["setup"]["ipv4"].split("/")[0])' < "$WORK/view.json")
+python3 - "$WORK/view.json" <<'EOF'
+import json, sys
+s = json.load(open(sys.argv[1]))["setup"]
+print(f"    namespace {s['netns']}, host end {s['host_iface']} ({s['gateway4']}), "
+      f"eth0 {s['ipv4']} {s.get('ipv6') or ''}")
+EOF
+in_sandbox ip -br addr show eth0 | sed 's/^/    inside: /'
+in_sandbox ip route show default | sed 's/^/    inside: /'
+mkdir -p "/etc/netns/$SANDBOX_NS"
+echo "nameserver 203.0.113.53" > "/etc/netns/$SANDBOX_NS/resolv.conf"
+
+bold "5. Inside the sandbox: redis-server on loopback, and the agent on port 9501"
+spawn /dev/null "$WORK/redis.log" in_sandbox redis-server --bind 127.0.0.1 --port 6379 --save "" --appendonly no
 python3 -c 'import secrets; print(secrets.token_hex(32))' > "$WORK/forwarded-auth.key"
 chmod 600 "$WORK/forwarded-auth.key"
-spawn "$SANDBOX_NS" "$WORK/agent.out" "$WORK/agent.log" "$BIN/sbx-agent" --listen 198.51.100.2:9501 \
-  --sandbox-id "sbx-demo" --forwarded-auth-key-file "$WORK/forwarded-auth.key"
-for _ in $(seq 100); do grep -q "listening" "$WORK/agent.out" && break; sleep 0.05; done
+spawn "$WORK/agent.out" "$WORK/agent.log" in_sandbox "$BIN/sbx-agent" --listen 0.0.0.0:9501 \
+  --sandbox-id "$SANDBOX" --forwarded-auth-key-file "$WORK/forwarded-auth.key"
+wait_for "$WORK/agent.out" listening "sbx-agent"
 ok "$(cat "$WORK/agent.out")"
-HEALTH=$(cl curl -s http://198.51.100.2:9501/api/v1/health)
-ok "GET /api/v1/health from the client: $HEALTH"
-cl redis-cli -h 198.51.100.2 -p 6379 ping >/dev/null 2>&1 && fail "redis reachable without a tunnel" \
-  || ok "redis is not reachable from the client directly"
+AUTH=(--key-file "$WORK/forwarded-auth.key" --sandbox-id "$SANDBOX")
+AGENT="http://$SANDBOX_IP:9501"
+ok "GET /api/v1/health from the host: $(in_host curl -s "$AGENT/api/v1/health")"
 
-bold "5. sbx tunnel from the client namespace (minting tokens as the sandbox proxy would)"
-tunnel() { # remote-port local-port
-  spawn "$CLIENT_NS" "$WORK/tunnel-$1.out" "$WORK/tunnel-$1.err" "$BIN/sbx" tunnel http://198.51.100.2:9501 "$1" -l "$2" \
-    --key-file "$WORK/forwarded-auth.key" --sandbox-id sbx-demo
-  for _ in $(seq 100); do grep -q Forwarding "$WORK/tunnel-$1.out" && break; sleep 0.05; done
-  ok "$(head -1 "$WORK/tunnel-$1.out")"
-}
-tunnel 6379 16379
-tunnel 8080 18080
+bold "6. sbx tunnel from the host to redis inside the sandbox"
+spawn "$WORK/tunnel.out" "$WORK/tunnel.log" in_host "$BIN/sbx" tunnel "$AGENT" 6379 -l 16379 "${AUTH[@]}"
+wait_for "$WORK/tunnel.out" Forwarding "sbx tunnel"
+ok "$(head -1 "$WORK/tunnel.out")"
+ok "redis-cli PING → $(in_host redis-cli -p 16379 ping)"
+in_host redis-cli -p 16379 set demo:greeting "hello through the tunnel" >/dev/null
+ok "SET then GET → $(in_host redis-cli -p 16379 get demo:greeting)"
+info "redis-benchmark through the tunnel (20,000 requests, 16 clients):"
+in_host redis-benchmark -p 16379 -n 20000 -c 16 -t set,get -q 2>&1 | tr '\r' '\n' \
+  | grep "requests per second" | sed 's/^ */      /'
 
-bold "6. Real clients through the tunnels"
-ok "redis-cli PING -> $(cl redis-cli -p 16379 ping)"
-cl redis-cli -p 16379 set demo:greeting "hello through the tunnel" >/dev/null
-ok "SET then GET -> $(cl redis-cli -p 16379 get demo:greeting)"
-ok "the value lives in the sandbox: $(sb redis-cli -p 6379 get demo:greeting)"
-cl curl -s -o "$WORK/downloaded.bin" http://127.0.0.1:18080/blob.bin
-A=$(sha256sum < "$WORK/www/blob.bin" | cut -c1-16); B=$(sha256sum < "$WORK/downloaded.bin" | cut -c1-16)
-[[ "$A" == "$B" ]] && ok "5 MB over HTTP through the tunnel, sha256 $B… matches" || fail "download differs"
-echo "  redis-benchmark through the tunnel (20,000 requests, 16 clients):"
-cl redis-benchmark -p 16379 -n 20000 -c 16 -t set,get -q 2>&1 | tr '\r' '\n' | grep "requests per second" | sed 's/^ */    /'
+bold "7. Egress policy, seen from a process in the sandbox (run through the agent)"
+sandbox_sh() { in_host "$BIN/sbx" exec "$AGENT" "${AUTH[@]}" -- bash -c "$1"; }
+OUT=$(sandbox_sh 'curl -sS -m 5 http://allowed.demo/' 2>&1) \
+  && ok "curl http://allowed.demo/ → $OUT" || fail "allowed.demo: $OUT"
+# Timed inside the sandbox, so the figure is the refusal alone.
+TIMED='s=$(date +%s%N); out=$(curl -sS -m 5 -o /dev/null "$0" 2>&1); rc=$?; echo "$out (curl exit $rc) after $(( ($(date +%s%N)-s)/1000000 )) ms"; exit $rc'
+OUT=$(in_host "$BIN/sbx" exec "$AGENT" "${AUTH[@]}" -- bash -c "$TIMED" http://denied.demo/ 2>&1) \
+  && fail "denied.demo was reachable" || ok "curl http://denied.demo/ refused at once: $OUT"
+OUT=$(in_host "$BIN/sbx" exec "$AGENT" "${AUTH[@]}" -- bash -c "$TIMED" http://203.0.113.30/ 2>&1) \
+  && fail "203.0.113.30 was reachable" || ok "curl http://203.0.113.30/ (in the denied /24) refused: $OUT"
 
-bold "7. Refusals are clear and immediate"
-spawn "$CLIENT_NS" /dev/null "$WORK/err1" "$BIN/sbx" tunnel http://198.51.100.2:9501 6380 -l 16380 \
-  --key-file "$WORK/forwarded-auth.key" --sandbox-id sbx-demo
-sleep 0.3
-cl bash -c 'exec 3<>/dev/tcp/127.0.0.1/16380; cat <&3' >/dev/null 2>&1 || true
-sleep 0.2
-ok "tunnel to a closed port: $(grep -m1 sbx: "$WORK/err1")"
-cl "$BIN/sbx" tunnel http://198.51.100.2:9501 6379 -l 0 --token wrong-token-0123456789 2>&1 | sed 's/^/  ✔ wrong credentials: /' || true
+bold "8. netctl show: the policy, the resolved addresses and the counters"
+netctl show "$SANDBOX" | sed 's/^/    /'
 
-bold "8. What the agent logged (one line per tunnel)"
-grep -E "tunnel (open|closed).*port=8080" "$WORK/agent.log" | tail -2 | sed 's/^/  /'
+bold "9. A policy change takes effect at once: allow_internet_access=false and no allow_out"
+START=$(date +%s%N)
+echo '{"allow_internet_access": false}' | netctl apply "$SANDBOX" --netns "$SANDBOX_NS" --policy - >/dev/null
+ok "applied in $(ms_since "$START") ms"
+OUT=$(in_host "$BIN/sbx" exec "$AGENT" "${AUTH[@]}" -- bash -c "$TIMED" http://203.0.113.10/ 2>&1) \
+  && fail "still reachable" || ok "curl http://203.0.113.10/ now refused: $OUT"
+ok "the tunnel still works (it is inbound): redis-cli GET → $(in_host redis-cli -p 16379 get demo:greeting)"
+
+bold "10. netctl removes the sandbox network"
+kill "${PIDS[-1]}" 2>/dev/null || true   # the tunnel
+START=$(date +%s%N)
+netctl netns delete "$SANDBOX"
+ok "netctl netns delete $SANDBOX: $(ms_since "$START") ms"
+ip netns list | grep -q "^$SANDBOX_NS" && fail "namespace still there" || ok "namespace $SANDBOX_NS is gone"
+in_host ip -br link | grep -q "^dsb" && fail "host link left behind" || ok "no sandbox link left on the host"
+in_host nft list tables | grep -q sbx_netctl_host && fail "host table left behind" || ok "no netctl table left on the host"
 
 bold "Done: cleaning up namespaces and processes."

@@ -16,6 +16,12 @@ APT_PACKAGES=(
   procps
   psmisc
   ca-certificates
+  util-linux        # nsenter: tests run netctl in a test host namespace
+  dpkg-dev          # .deb packages: dpkg-shlibdeps for Depends
+  help2man          # .deb packages: man pages from --help
+  lintian           # .deb packages: policy checks (scripts/check-debs.sh)
+  man-db            # systemd-analyze verify checks the units' man: links
+  systemd           # systemd-analyze; installing it starts nothing where PID 1 is not systemd
 )
 
 missing=()

@@ -26,5 +26,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "build (profile ci: optimised, no LTO)"
 cargo build --profile ci --workspace --bins --locked
 
+step "Debian packages: build, lintian, install, verify, purge (scripts/check-debs.sh)"
+PROFILE=ci scripts/check-debs.sh
+
 step "tests"
 cargo test --profile ci --workspace --locked

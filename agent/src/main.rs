@@ -5,6 +5,7 @@ mod auth;
 mod config;
 mod error;
 mod files;
+mod notify;
 mod process;
 mod pty;
 mod routes;
@@ -95,10 +96,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
     );
     // Scripts and tests learn an ephemeral port from this line.
     println!("sbx-agent listening on {local}");
+    notify::ready();
 
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down");
+        notify::stopping();
         let _ = stop_tx.send(true);
     });
 

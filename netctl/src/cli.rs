@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use sbx_proto::policy::{NetworkPolicy, SandboxSpec};
+use sbx_proto::policy::{NetworkPolicy, SandboxSpec, SetupSpec};
 
 use crate::client;
 use crate::view::SandboxView;
@@ -64,11 +64,35 @@ pub enum Command {
     },
     /// Remove our rules from a sandbox's namespace.
     Remove { id: String },
+    /// Namespaces netctl makes itself: veth pair, addresses, routes.
+    Netns {
+        #[command(subcommand)]
+        command: NetnsCommand,
+    },
     /// Validate a policy without a daemon.
     Check {
         #[arg(long)]
         policy: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NetnsCommand {
+    /// Make a sandbox's namespace and network (idempotent), then apply
+    /// its policy.
+    Create {
+        id: String,
+        /// Also a tap device inside, for a microVM, with forwarding on.
+        #[arg(long)]
+        tap: bool,
+        /// Policy JSON file, or `-` for stdin. None: everything allowed.
+        #[arg(long)]
+        policy: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the sandbox, its namespace and everything netctl made for it.
+    Delete { id: String },
 }
 
 fn read_policy(source: &str) -> anyhow::Result<NetworkPolicy> {
@@ -107,7 +131,8 @@ pub async fn run_client(socket: &Path, command: Command) -> anyhow::Result<()> {
             policy,
         } => {
             let spec = SandboxSpec {
-                netns,
+                netns: Some(netns),
+                setup: None,
                 iface,
                 network: Some(read_policy(&policy)?),
             };
@@ -145,6 +170,40 @@ pub async fn run_client(socket: &Path, command: Command) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Netns {
+            command:
+                NetnsCommand::Create {
+                    id,
+                    tap,
+                    policy,
+                    json,
+                },
+        } => {
+            sbx_proto::policy::validate_id(&id)?;
+            let spec = SandboxSpec {
+                netns: None,
+                setup: Some(SetupSpec { tap }),
+                iface: None,
+                network: policy.as_deref().map(read_policy).transpose()?,
+            };
+            spec.validate().map_err(anyhow::Error::msg)?;
+            let body = serde_json::to_vec(&spec)?;
+            let out =
+                client::request(socket, "PUT", &format!("/v1/sandboxes/{id}"), Some(body)).await?;
+            let view: SandboxView = serde_json::from_slice(&out)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                print_view(&view);
+            }
+        }
+        Command::Netns {
+            command: NetnsCommand::Delete { id },
+        } => {
+            sbx_proto::policy::validate_id(&id)?;
+            client::request(socket, "DELETE", &format!("/v1/sandboxes/{id}"), None).await?;
+            println!("deleted {id}");
+        }
         Command::Remove { id } => {
             sbx_proto::policy::validate_id(&id)?;
             client::request(socket, "DELETE", &format!("/v1/sandboxes/{id}"), None).await?;
@@ -159,6 +218,20 @@ fn print_view(v: &SandboxView) {
     println!("netns    {}", v.netns);
     if let Some(iface) = &v.iface {
         println!("iface    {iface}");
+    }
+    if let Some(s) = &v.setup {
+        println!("slot     {}", s.slot);
+        println!(
+            "veth     {} (host) <-> {} (sandbox)",
+            s.host_iface, s.sandbox_iface
+        );
+        println!("ipv4     {} via {}", s.ipv4, s.gateway4);
+        if let (Some(v6), Some(gw6)) = (&s.ipv6, &s.gateway6) {
+            println!("ipv6     {v6} via {gw6}");
+        }
+        if let Some(tap) = &s.tap {
+            println!("tap      {tap}");
+        }
     }
     println!("applied  {}", v.applied);
     if let Some(e) = &v.error {

@@ -1,7 +1,7 @@
 //! The daemon's TOML configuration (`/etc/netctl/config.toml`).
 
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -30,6 +30,71 @@ pub struct Config {
     /// Sandboxes re-applied at once on start.
     #[serde(default = "default_reconcile_concurrency")]
     pub reconcile_concurrency: usize,
+    /// Namespaces, veth pairs and addresses netctl makes for sandboxes
+    /// created with a `setup` section.
+    #[serde(default)]
+    pub setup: SetupConfig,
+}
+
+/// `[setup]`; validated into a [`crate::setup::Layout`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetupConfig {
+    /// Namespace name = prefix + sandbox id.
+    #[serde(default = "default_netns_prefix")]
+    pub netns_prefix: String,
+    /// Where namespaces are bind-mounted (`ip netns` looks in /run/netns).
+    #[serde(default = "default_netns_dir")]
+    pub netns_dir: PathBuf,
+    /// Host end of a veth = prefix + slot number.
+    #[serde(default = "default_host_iface_prefix")]
+    pub host_iface_prefix: String,
+    /// One /30 per sandbox.
+    #[serde(default = "default_ipv4_pool")]
+    pub ipv4_pool: String,
+    /// One /64 per sandbox; empty disables IPv6.
+    #[serde(default = "default_ipv6_pool")]
+    pub ipv6_pool: String,
+    /// Host interface the pools are masqueraded out of; empty: none (the
+    /// sandboxes then reach only the host).
+    #[serde(default)]
+    pub uplink: String,
+    /// Name of the tap device made inside a namespace on request.
+    #[serde(default = "default_tap_name")]
+    pub tap_name: String,
+}
+
+impl Default for SetupConfig {
+    fn default() -> Self {
+        Self {
+            netns_prefix: default_netns_prefix(),
+            netns_dir: default_netns_dir(),
+            host_iface_prefix: default_host_iface_prefix(),
+            ipv4_pool: default_ipv4_pool(),
+            ipv6_pool: default_ipv6_pool(),
+            uplink: String::new(),
+            tap_name: default_tap_name(),
+        }
+    }
+}
+
+fn default_netns_prefix() -> String {
+    "sbx-".to_owned()
+}
+fn default_netns_dir() -> PathBuf {
+    PathBuf::from("/run/netns")
+}
+fn default_host_iface_prefix() -> String {
+    "sbxh".to_owned()
+}
+fn default_ipv4_pool() -> String {
+    "10.200.0.0/16".to_owned()
+}
+fn default_ipv6_pool() -> String {
+    "fd00:5b::/48".to_owned()
+}
+fn default_tap_name() -> String {
+    "tap0".to_owned()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -84,6 +149,7 @@ impl Default for Config {
             nft: default_nft(),
             dns: DnsConfig::default(),
             reconcile_concurrency: default_reconcile_concurrency(),
+            setup: SetupConfig::default(),
         }
     }
 }
@@ -158,6 +224,12 @@ impl Config {
                 path: shown.clone(),
                 message,
             })?;
+        crate::setup::Layout::from_config(&config.setup).map_err(|message| {
+            ConfigError::Invalid {
+                path: shown.clone(),
+                message,
+            }
+        })?;
         if config.dns.min_ttl == 0 || config.dns.min_ttl > config.dns.max_ttl {
             return Err(ConfigError::Invalid {
                 path: shown,

@@ -22,6 +22,7 @@ use crate::dns::{self, NameState, Resolver, Timing};
 use crate::metrics::{Metrics, SandboxSample};
 use crate::nft::Nft;
 use crate::ruleset::{self, Desired, Prefixes};
+use crate::setup::{Layout, Phase, Plan, SavedSetup, Setup};
 use crate::store::{Saved, Store};
 use crate::view::{AddressView, NameView, SandboxView};
 
@@ -47,6 +48,8 @@ struct Sandbox {
     spec: SandboxSpec,
     policy: Option<ValidPolicy>,
     names: BTreeMap<String, NameState>,
+    /// The namespace and links netctl made, for sandboxes PUT with `setup`.
+    setup: Option<SavedSetup>,
     /// What is in the kernel (None: nothing known to be applied).
     applied: Option<Desired>,
     error: Option<String>,
@@ -69,6 +72,7 @@ pub struct Manager {
     nft: Nft,
     resolver: Resolver,
     store: Store,
+    setup: Setup,
     sandboxes: StdMutex<HashMap<String, Arc<Entry>>>,
     pub metrics: Metrics,
 }
@@ -89,7 +93,10 @@ impl Manager {
         .map(policy::host_net)
         .collect();
         let store = Store::open(&state_dir)?;
+        let layout =
+            Layout::from_config(&config.setup).map_err(|e| anyhow::anyhow!("config: {e}"))?;
         Ok(Arc::new(Self {
+            setup: Setup::new(layout, Nft::new(config.nft.clone())),
             timing: Timing::from_config(&config.dns),
             nft: Nft::new(config.nft.clone()),
             always,
@@ -130,6 +137,7 @@ impl Manager {
                 spec: spec.clone(),
                 policy: None,
                 names: BTreeMap::new(),
+                setup: None,
                 applied: None,
                 error: None,
                 generation: 0,
@@ -165,8 +173,18 @@ impl Manager {
             return Box::pin(self.put(id, spec)).await;
         }
         let fresh = created || sb.applied.is_none() && sb.generation == 0;
-        let result = self.set(&entry, &mut sb, spec, policy).await;
-        if result.is_err() && fresh {
+        let result = if spec.setup.is_some() || sb.setup.is_some() {
+            // On failure of a new one, `sb.setup` stays only if the
+            // rollback was incomplete: the entry then stays too, so a GET
+            // shows the error and a DELETE or PUT finishes the job.
+            self.put_setup(&entry, &mut sb, spec, policy, fresh).await
+        } else {
+            match netns_path(&spec) {
+                Ok(netns) => self.set(&entry, &mut sb, spec, policy, netns, None).await,
+                Err(e) => Err(e),
+            }
+        };
+        if result.is_err() && fresh && sb.setup.is_none() {
             sb.removed = true;
             self.forget(id, &entry);
         }
@@ -191,13 +209,17 @@ impl Manager {
             let mut spec = sb.spec.clone();
             spec.network = network;
             let policy = self.validate(id, &spec)?;
-            self.set(&entry, &mut sb, spec, policy).await?;
+            let netns = target(&sb.spec, sb.setup.as_ref())?;
+            let setup = sb.setup.clone();
+            self.set(&entry, &mut sb, spec, policy, netns, setup)
+                .await?;
         }
         Ok(self.view(&entry.id, &sb, false).await)
     }
 
     fn validate(&self, id: &str, spec: &SandboxSpec) -> Result<Option<ValidPolicy>, ApiError> {
         let checked = policy::validate_id(id)
+            .and_then(|()| spec.check_target())
             .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))
             .and_then(|()| {
                 spec.validate()
@@ -219,8 +241,9 @@ impl Manager {
         sb: &mut Sandbox,
         spec: SandboxSpec,
         policy: Option<ValidPolicy>,
+        netns: PathBuf,
+        setup: Option<SavedSetup>,
     ) -> Result<(), ApiError> {
-        let netns = netns_path(&spec)?;
         if !netns.exists() {
             return Err(ApiError::new(
                 ErrorCode::BadRequest,
@@ -237,16 +260,18 @@ impl Manager {
             .collect();
         self.resolve_new(&mut names).await;
 
-        let desired = self.desired(&spec, policy.as_ref(), &names);
+        let desired = self.desired(&spec, setup.as_ref(), policy.as_ref(), &names);
         let previous = Saved {
             id: entry.id.clone(),
             spec: sb.spec.clone(),
             names: sb.names.clone(),
+            setup: sb.setup.clone(),
         };
         let next = Saved {
             id: entry.id.clone(),
             spec: spec.clone(),
             names: names.clone(),
+            setup: setup.clone(),
         };
         let saving = Instant::now();
         self.store
@@ -254,7 +279,7 @@ impl Manager {
             .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
         let save_us = saving.elapsed().as_micros() as u64;
         let started = Instant::now();
-        let same_netns = netns_path(&sb.spec).ok().as_ref() == Some(&netns);
+        let same_netns = target(&sb.spec, sb.setup.as_ref()).ok().as_ref() == Some(&netns);
         let applied = match sb.applied.as_ref().filter(|_| same_netns) {
             // We committed `old` ourselves: send only the difference. If the
             // kernel drifted (our table touched by someone else) the smaller
@@ -277,7 +302,7 @@ impl Manager {
             .record_apply(applied.is_ok(), started.elapsed());
         if let Err(e) = applied {
             warn!(sandbox = %entry.id, error = %e, "apply failed; previous rules stay in force");
-            let restored = if sb.generation == 0 && sb.applied.is_none() {
+            let restored = if sb.generation == 0 && sb.applied.is_none() && sb.setup.is_none() {
                 self.store.remove(&entry.id)
             } else {
                 self.store.save(&previous)
@@ -288,7 +313,7 @@ impl Manager {
             return Err(ApiError::new(ErrorCode::Internal, e.to_string()));
         }
         info!(sandbox = %entry.id, netns = %netns.display(), save_us, nft_us = started.elapsed().as_micros() as u64, "applied");
-        let old_netns = netns_path(&sb.spec).ok();
+        let old_netns = target(&sb.spec, sb.setup.as_ref()).ok();
         if sb.applied.is_some() && old_netns.as_ref() != Some(&netns) {
             if let Some(old) = old_netns {
                 // The sandbox moved: our table in the old namespace is stale.
@@ -300,6 +325,7 @@ impl Manager {
         sb.spec = spec;
         sb.policy = policy;
         sb.names = names;
+        sb.setup = setup;
         sb.applied = Some(desired);
         sb.error = None;
         sb.generation += 1;
@@ -341,6 +367,7 @@ impl Manager {
     fn desired(
         &self,
         spec: &SandboxSpec,
+        setup: Option<&SavedSetup>,
         policy: Option<&ValidPolicy>,
         names: &BTreeMap<String, NameState>,
     ) -> Desired {
@@ -375,7 +402,11 @@ impl Manager {
             Prefixes::default()
         };
         Desired {
-            iface: spec.iface.clone(),
+            // With setup, the forwarded traffic to judge is the tap's.
+            iface: match setup {
+                Some(s) => s.plan.tap.clone(),
+                None => spec.iface.clone(),
+            },
             allow_internet_access,
             refusal: self.config.refusal,
             always: Prefixes::merge(&self.always),
@@ -408,13 +439,21 @@ impl Manager {
     }
 
     /// `DELETE /v1/sandboxes/{id}`: our table leaves the namespace; the
-    /// namespace itself is not ours.
+    /// namespace itself is not ours, unless netctl made it (setup), and
+    /// then it goes with everything in it.
     pub async fn delete(&self, id: &str) -> Result<(), ApiError> {
         policy::validate_id(id).map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
         let entry = self.entry(id).ok_or_else(|| not_found(id))?;
         let mut sb = entry.state.lock().await;
         if sb.removed {
             return Err(not_found(id));
+        }
+        if let Some(setup) = sb.setup.clone() {
+            self.delete_setup(id, &mut sb, setup).await?;
+            sb.removed = true;
+            self.forget(id, &entry);
+            info!(sandbox = %id, "removed with its network");
+            return Ok(());
         }
         let netns = netns_path(&sb.spec)?;
         if netns.exists() {
@@ -434,9 +473,161 @@ impl Manager {
         Ok(())
     }
 
+    /// Marks the setup as being deleted (so a crash half-way is finished on
+    /// start, not undone), removes it, then forgets the sandbox. Our rules
+    /// inside are not removed first: they die with the namespace.
+    async fn delete_setup(
+        &self,
+        id: &str,
+        sb: &mut Sandbox,
+        setup: SavedSetup,
+    ) -> Result<(), ApiError> {
+        let internal = |e: String| ApiError::new(ErrorCode::Internal, e);
+        let deleting = SavedSetup {
+            phase: Phase::Deleting,
+            ..setup
+        };
+        self.store
+            .save_quick(&Saved {
+                id: id.to_owned(),
+                spec: sb.spec.clone(),
+                names: sb.names.clone(),
+                setup: Some(deleting.clone()),
+            })
+            .map_err(|e| internal(e.to_string()))?;
+        sb.setup = Some(deleting.clone());
+        let started = Instant::now();
+        let (torn, ()) = tokio::join!(
+            self.setup.teardown(&deleting.plan),
+            self.setup.drop_table_if_last(id)
+        );
+        torn.map_err(|e| internal(format!("sandbox {id}: network teardown failed: {e}")))?;
+        let teardown_us = started.elapsed().as_micros() as u64;
+        self.store.remove(id).map_err(|e| internal(e.to_string()))?;
+        let unlink_us = started.elapsed().as_micros() as u64 - teardown_us;
+        self.setup.release(id, deleting.plan.slot).await;
+        debug!(sandbox = %id, teardown_us, unlink_us, total_us = started.elapsed().as_micros() as u64, "network removed");
+        Ok(())
+    }
+
+    /// PUT of a sandbox whose network netctl makes: a free slot is taken
+    /// and saved (`creating`) before anything is made; a failure on a new
+    /// sandbox removes whatever was made and the saved state with it.
+    async fn put_setup(
+        &self,
+        entry: &Entry,
+        sb: &mut Sandbox,
+        spec: SandboxSpec,
+        policy: Option<ValidPolicy>,
+        fresh: bool,
+    ) -> Result<(), ApiError> {
+        let id = entry.id.as_str();
+        let bad = |m: String| ApiError::new(ErrorCode::BadRequest, m);
+        let Some(wanted) = spec.setup.clone() else {
+            return Err(bad(format!(
+                "sandbox {id:?} was made with \"setup\": PUT it with \"setup\" again, or DELETE it first"
+            )));
+        };
+        if !fresh && sb.setup.is_none() {
+            return Err(bad(format!(
+                "sandbox {id:?} uses a namespace given as \"netns\": DELETE it before asking for \"setup\""
+            )));
+        }
+        let layout = self.setup.layout();
+        if let Some(iface) = &spec.iface {
+            if !wanted.tap || *iface != layout.tap_name {
+                return Err(bad(format!(
+                    "iface {iface:?}: with \"setup\" the judged interface is the tap ({:?}, with \"tap\": true); leave iface out",
+                    layout.tap_name
+                )));
+            }
+        }
+        let (plan, stale_tap) = match &sb.setup {
+            Some(existing) => {
+                let mut plan = existing.plan.clone();
+                let old_tap = plan.tap.clone();
+                plan.tap = wanted
+                    .tap
+                    .then(|| old_tap.clone().unwrap_or_else(|| layout.tap_name.clone()));
+                (plan, old_tap)
+            }
+            None => {
+                let slot = self.setup.reserve(id).await.map_err(|e| {
+                    ApiError::new(ErrorCode::Unavailable, format!("sandbox {id}: {e}"))
+                })?;
+                let plan = layout.plan(id, slot, wanted.tap);
+                let creating = SavedSetup {
+                    plan: plan.clone(),
+                    phase: Phase::Creating,
+                };
+                let marked = self.store.save_quick(&Saved {
+                    id: id.to_owned(),
+                    spec: spec.clone(),
+                    names: BTreeMap::new(),
+                    setup: Some(creating.clone()),
+                });
+                if let Err(e) = marked {
+                    self.setup.release(id, slot).await;
+                    return Err(ApiError::new(ErrorCode::Internal, e.to_string()));
+                }
+                sb.setup = Some(creating);
+                (plan, None)
+            }
+        };
+
+        let started = Instant::now();
+        let built = match self.setup.ensure_host().await {
+            Ok(()) => self.setup.create(&plan, stale_tap).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = built {
+            warn!(sandbox = %id, error = %e, "network setup failed");
+            if fresh && self.roll_back(id, &plan).await {
+                sb.setup = None;
+            } else {
+                sb.error = Some(e.to_string());
+            }
+            return Err(ApiError::new(
+                ErrorCode::Internal,
+                format!("sandbox {id}: network setup failed: {e}"),
+            ));
+        }
+        debug!(sandbox = %id, setup_us = started.elapsed().as_micros() as u64, "network in place");
+        let netns = plan.netns_path.clone();
+        let ready = SavedSetup {
+            plan: plan.clone(),
+            phase: Phase::Ready,
+        };
+        let result = self.set(entry, sb, spec, policy, netns, Some(ready)).await;
+        if let Err(e) = &result {
+            if fresh && self.roll_back(id, &plan).await {
+                sb.setup = None;
+            } else {
+                sb.error = Some(e.message.clone());
+            }
+        }
+        result
+    }
+
+    /// Undoes a setup that did not complete; false if it could not. Then
+    /// the saved state and the slot stay, so the next PUT or DELETE of the
+    /// id, or the next start, tries again.
+    async fn roll_back(&self, id: &str, plan: &Plan) -> bool {
+        if let Err(e) = self.setup.teardown(plan).await {
+            warn!(sandbox = %id, error = %e, "rollback incomplete; retried on the next request or start");
+            return false;
+        }
+        if let Err(e) = self.store.remove(id) {
+            warn!(sandbox = %id, error = %e, "saved state not removed");
+        }
+        self.setup.release(id, plan.slot).await;
+        info!(sandbox = %id, "network setup rolled back");
+        true
+    }
+
     async fn view(&self, id: &str, sb: &Sandbox, with_counters: bool) -> SandboxView {
         let counters = if with_counters {
-            match netns_path(&sb.spec) {
+            match target(&sb.spec, sb.setup.as_ref()) {
                 Ok(path) => self.nft.counters(&path).await.ok().flatten(),
                 Err(_) => None,
             }
@@ -445,7 +636,12 @@ impl Manager {
         };
         SandboxView {
             id: id.to_owned(),
-            netns: sb.spec.netns.clone(),
+            netns: match (&sb.setup, &sb.spec.netns) {
+                (Some(s), _) => s.plan.netns_path.display().to_string(),
+                (None, Some(netns)) => netns.clone(),
+                (None, None) => String::new(),
+            },
+            setup: sb.setup.as_ref().map(|s| s.plan.clone()),
             iface: sb.spec.iface.clone(),
             network: sb.spec.network.clone(),
             applied: sb.applied.is_some(),
@@ -479,7 +675,7 @@ impl Manager {
             if sb.removed {
                 continue;
             }
-            let counters = match netns_path(&sb.spec) {
+            let counters = match target(&sb.spec, sb.setup.as_ref()) {
                 Ok(path) if sb.applied.is_some() => self.nft.counters(&path).await.ok().flatten(),
                 _ => None,
             };
@@ -511,9 +707,32 @@ impl Manager {
         for p in &problems {
             warn!(problem = %p, "saved state skipped");
         }
+        let mut report = ReconcileReport {
+            skipped: problems.len(),
+            ..ReconcileReport::default()
+        };
+        // Every saved slot is taken before anything runs, so no restore and
+        // no new PUT can be handed a slot that is still in use.
+        let mut restorable = Vec::with_capacity(saved.len());
+        for s in saved {
+            if let Some(setup) = &s.setup {
+                if !self.setup.layout().owns(&s.id, &setup.plan) {
+                    warn!(sandbox = %s.id, netns = %setup.plan.netns, host_iface = %setup.plan.host_iface,
+                        "saved setup does not match the [setup] config (changed since?); left alone");
+                    report.skipped += 1;
+                    continue;
+                }
+                if let Err(e) = self.setup.claim(&s.id, setup.plan.slot).await {
+                    warn!(sandbox = %s.id, error = %e, "saved setup left alone");
+                    report.skipped += 1;
+                    continue;
+                }
+            }
+            restorable.push(s);
+        }
         let limit = Arc::new(Semaphore::new(self.config.reconcile_concurrency.max(1)));
         let mut tasks = tokio::task::JoinSet::new();
-        for s in saved {
+        for s in restorable {
             let me = self.clone();
             let limit = limit.clone();
             tasks.spawn(async move {
@@ -521,49 +740,83 @@ impl Manager {
                 me.restore(s).await
             });
         }
-        let mut report = ReconcileReport {
-            skipped: problems.len(),
-            ..ReconcileReport::default()
-        };
         while let Some(done) = tasks.join_next().await {
             match done {
-                Ok(true) => report.applied += 1,
+                Ok(Restored::Applied) => report.applied += 1,
+                Ok(Restored::RolledBack) => report.rolled_back += 1,
                 _ => report.failed += 1,
             }
         }
+        self.setup.remove_stale_host_table().await;
         report.took = started.elapsed();
         info!(
             applied = report.applied,
             failed = report.failed,
             skipped = report.skipped,
+            rolled_back = report.rolled_back,
             took_ms = report.took.as_millis() as u64,
             "reconciled saved sandboxes"
         );
         Ok(report)
     }
 
-    async fn restore(self: &Arc<Self>, saved: Saved) -> bool {
+    /// Re-applies one saved sandbox. A setup that a crash interrupted
+    /// while it was being made or removed is rolled back (its request never
+    /// got an answer); a complete one is checked and repaired first.
+    async fn restore(self: &Arc<Self>, saved: Saved) -> Restored {
         let policy = match saved.spec.validate() {
             Ok(p) => p,
-            Err(_) => return false,
+            Err(_) => return Restored::Failed,
         };
+        if let Some(setup) = &saved.setup {
+            if setup.phase != Phase::Ready {
+                info!(sandbox = %saved.id, phase = ?setup.phase, "interrupted setup found; rolling it back");
+                if let Err(e) = self.setup.teardown(&setup.plan).await {
+                    warn!(sandbox = %saved.id, error = %e, "interrupted setup not rolled back");
+                    return Restored::Failed;
+                }
+                if let Err(e) = self.store.remove(&saved.id) {
+                    warn!(sandbox = %saved.id, error = %e, "saved state not removed");
+                }
+                self.setup.release(&saved.id, setup.plan.slot).await;
+                return Restored::RolledBack;
+            }
+        }
         let (entry, _) = self.entry_or_insert(&saved.id, &saved.spec);
         let mut sb = entry.state.lock().await;
         sb.spec = saved.spec.clone();
         sb.policy = policy.clone();
         sb.names = saved.names;
+        sb.setup = saved.setup.clone();
         sb.generation += 1;
-        let desired = self.desired(&saved.spec, policy.as_ref(), &sb.names);
-        let result = match netns_path(&saved.spec) {
+        let desired = self.desired(&saved.spec, sb.setup.as_ref(), policy.as_ref(), &sb.names);
+        let built = match &saved.setup {
+            Some(setup) => match self.setup.ensure_host().await {
+                Ok(()) => self
+                    .setup
+                    .create(&setup.plan, None)
+                    .await
+                    .map_err(|e| format!("network setup: {e}")),
+                Err(e) => Err(format!("network setup: {e}")),
+            },
+            None => Ok(()),
+        };
+        let result = match built
+            .and_then(|()| target(&saved.spec, saved.setup.as_ref()).map_err(|e| e.message))
+        {
             Ok(path) => {
                 let started = Instant::now();
                 let r = self.nft.apply(&path, &ruleset::full(&desired)).await;
                 self.metrics.record_apply(r.is_ok(), started.elapsed());
                 r.map_err(|e| e.to_string())
             }
-            Err(e) => Err(e.message),
+            Err(e) => Err(e),
         };
-        let ok = result.is_ok();
+        let ok = if result.is_ok() {
+            Restored::Applied
+        } else {
+            Restored::Failed
+        };
         match result {
             Ok(()) => {
                 sb.applied = Some(desired);
@@ -580,11 +833,20 @@ impl Manager {
     }
 }
 
+/// How restoring one saved sandbox ended.
+enum Restored {
+    Applied,
+    Failed,
+    RolledBack,
+}
+
 #[derive(Debug, Default)]
 pub struct ReconcileReport {
     pub applied: usize,
     pub failed: usize,
     pub skipped: usize,
+    /// Setups a crash interrupted while they were made or removed.
+    pub rolled_back: usize,
     pub took: Duration,
 }
 
@@ -592,10 +854,25 @@ fn not_found(id: &str) -> ApiError {
     ApiError::new(ErrorCode::NotFound, format!("sandbox {id:?} not found"))
 }
 
+/// The namespace a sandbox named in its spec.
 fn netns_path(spec: &SandboxSpec) -> Result<PathBuf, ApiError> {
-    policy::netns_path(&spec.netns)
+    let netns = spec.netns.as_deref().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::BadRequest,
+            sbx_proto::policy::SpecError::Target.to_string(),
+        )
+    })?;
+    policy::netns_path(netns)
         .map(PathBuf::from)
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))
+}
+
+/// The namespace our rules go into: the one netctl made, or the one named.
+fn target(spec: &SandboxSpec, setup: Option<&SavedSetup>) -> Result<PathBuf, ApiError> {
+    match setup {
+        Some(s) => Ok(s.plan.netns_path.clone()),
+        None => netns_path(spec),
+    }
 }
 
 /// Runs lookups concurrently on the current task.
@@ -683,14 +960,15 @@ async fn refresher(manager: Arc<Manager>, entry: Arc<Entry>) {
         if !changed {
             continue;
         }
-        let desired = manager.desired(&sb.spec, sb.policy.as_ref(), &sb.names);
-        let Ok(path) = netns_path(&sb.spec) else {
+        let desired = manager.desired(&sb.spec, sb.setup.as_ref(), sb.policy.as_ref(), &sb.names);
+        let Ok(path) = target(&sb.spec, sb.setup.as_ref()) else {
             continue;
         };
         let saved = Saved {
             id: entry.id.clone(),
             spec: sb.spec.clone(),
             names: sb.names.clone(),
+            setup: sb.setup.clone(),
         };
         if let Err(e) = manager.store.save(&saved) {
             warn!(sandbox = %entry.id, error = %e, "could not save refreshed names");

@@ -70,6 +70,44 @@ impl Nft {
             })
     }
 
+    /// Commits `batch` in netctl's own namespace (the host table). Runs on
+    /// a blocking-pool thread, which never changes namespace.
+    pub async fn apply_here(&self, batch: &Nftables<'_>) -> Result<(), NftError> {
+        let json = serde_json::to_string(batch).map_err(|e| NftError::Nft {
+            netns: own_netns(),
+            message: format!("serialise batch: {e}"),
+        })?;
+        let program = self.program.clone();
+        tokio::task::spawn_blocking(move || run(&program, &["-j", "-f", "-"], Some(json)))
+            .await
+            .map_err(|e| NetnsError::Thread(e.to_string()))?
+            .map(drop)
+            .map_err(|e| NftError::Nft {
+                netns: own_netns(),
+                message: match e {
+                    RunError::Failed(m) | RunError::Spawn(m) => m,
+                },
+            })
+    }
+
+    /// Whether `inet <table>` exists in netctl's own namespace.
+    pub async fn exists_here(&self, table: &'static str) -> Result<bool, NftError> {
+        let program = self.program.clone();
+        match tokio::task::spawn_blocking(move || {
+            run(&program, &["list", "table", "inet", table], None)
+        })
+        .await
+        .map_err(|e| NetnsError::Thread(e.to_string()))?
+        {
+            Ok(_) => Ok(true),
+            Err(RunError::Failed(_)) => Ok(false),
+            Err(RunError::Spawn(message)) => Err(NftError::Nft {
+                netns: own_netns(),
+                message,
+            }),
+        }
+    }
+
     /// Reads our named counters; `None` when our table is not there.
     pub async fn counters(&self, netns: &Path) -> Result<Option<Counters>, NftError> {
         let Some(raw) = self
@@ -104,6 +142,11 @@ impl Nft {
             }),
         }
     }
+}
+
+/// How errors name netctl's own namespace.
+fn own_netns() -> PathBuf {
+    PathBuf::from("/proc/self/ns/net")
 }
 
 /// Runs nft on the current thread (which has entered the namespace), with

@@ -24,6 +24,7 @@ pub async fn serve(config_path: &Path, socket: &Path, state_dir: &Path) -> anyho
     info!(socket = %socket.display(), "listening");
     // Tests and service managers wait for this line.
     println!("netctl listening on {}", socket.display());
+    crate::notify::ready();
     let app = crate::api::router(manager);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown())
@@ -77,4 +78,5 @@ async fn shutdown() {
         _ = tokio::signal::ctrl_c() => {}
     }
     info!("shutting down; rules stay in force");
+    crate::notify::stopping();
 }

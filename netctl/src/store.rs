@@ -19,6 +19,7 @@ use sbx_proto::policy::SandboxSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::dns::NameState;
+use crate::setup::SavedSetup;
 
 /// What is saved for one sandbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,6 +31,10 @@ pub struct Saved {
     /// picks up refreshing where it left off.
     #[serde(default)]
     pub names: BTreeMap<String, NameState>,
+    /// The namespace, links and addresses netctl made for the sandbox, and
+    /// how far making (or removing) them got.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup: Option<SavedSetup>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +73,19 @@ impl Store {
     }
 
     pub fn save(&self, saved: &Saved) -> Result<(), StoreError> {
+        self.write(saved, true)
+    }
+
+    /// Like [`Store::save`] without the fsync, for the marks a setup leaves
+    /// before it touches the kernel (`creating`, `deleting`). They only
+    /// matter while the kernel objects exist, and a host crash that could
+    /// lose them takes every namespace and veth with it; a daemon crash
+    /// cannot lose them.
+    pub fn save_quick(&self, saved: &Saved) -> Result<(), StoreError> {
+        self.write(saved, false)
+    }
+
+    fn write(&self, saved: &Saved, sync: bool) -> Result<(), StoreError> {
         let path = self.path(&saved.id);
         let tmp = self.dir.join(format!(".{}.json.tmp", saved.id));
         let body = serde_json::to_vec(saved)
@@ -81,7 +99,9 @@ impl Store {
             .open(&tmp)
             .map_err(err(&tmp))?;
         file.write_all(&body).map_err(err(&tmp))?;
-        file.sync_all().map_err(err(&tmp))?;
+        if sync {
+            file.sync_all().map_err(err(&tmp))?;
+        }
         fs::rename(&tmp, &path).map_err(err(&path))
     }
 
@@ -143,6 +163,7 @@ mod tests {
             )
             .unwrap(),
             names: BTreeMap::new(),
+            setup: None,
         };
         store.save(&saved).unwrap();
         fs::write(dir.join("sandboxes/bad.json"), "{").unwrap();

@@ -5,12 +5,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::nft::Counters;
 
+/// The `setup` section of a view: the saved plan, names and addresses.
+pub type SetupView = crate::setup::Plan;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SandboxView {
     pub id: String,
     pub netns: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iface: Option<String>,
+    /// What netctl made for a sandbox created with `setup`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup: Option<SetupView>,
     /// `null`: no policy, everything allowed.
     pub network: Option<NetworkPolicy>,
     /// Whether the rules last computed are in the kernel.

@@ -271,14 +271,30 @@ pub fn parse_domain(entry: &str) -> Result<String, EntryError> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SandboxSpec {
-    /// A name under /run/netns, or a path such as /proc/<pid>/ns/net.
-    pub netns: String,
+    /// A name under /run/netns, or a path such as /proc/<pid>/ns/net: a
+    /// namespace someone else made. Exactly one of `netns` and `setup`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    /// netctl makes (and later removes) the namespace and its links itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup: Option<SetupSpec>,
     /// The sandbox's tap/veth inside that netns, for forwarded VM traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iface: Option<String>,
     /// `null` or absent: no policy, everything allowed.
     #[serde(default)]
     pub network: Option<NetworkPolicy>,
+}
+
+/// The `setup` section of a PUT: what netctl builds for the sandbox beyond
+/// the namespace, veth pair, addresses and routes it always makes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetupSpec {
+    /// A tap device inside the namespace for a microVM, with forwarding
+    /// enabled there; the policy then also judges what the VM sends.
+    #[serde(default)]
+    pub tap: bool,
 }
 
 /// Body of `PATCH /v1/sandboxes/{id}`: `network` absent keeps the policy,
@@ -313,6 +329,10 @@ pub enum SpecError {
     BadNetns(String),
     #[error("iface {0:?}: expected 1-{MAX_IFACE_LEN} letters, digits, '-', '_' or '.'")]
     BadIface(String),
+    #[error(
+        "give exactly one of \"netns\" (a namespace you made) and \"setup\" (netctl makes it)"
+    )]
+    Target,
 }
 
 fn is_plain_name(s: &str, max: usize) -> bool {
@@ -374,9 +394,21 @@ pub fn netns_path(netns: &str) -> Result<String, SpecError> {
 }
 
 impl SandboxSpec {
-    /// Validates everything in the body: netns, iface and policy.
+    /// Exactly one of `netns` and `setup`: a request is either about a
+    /// namespace someone else owns or one netctl makes, never both.
+    pub fn check_target(&self) -> Result<(), SpecError> {
+        match (&self.netns, &self.setup) {
+            (Some(_), None) | (None, Some(_)) => Ok(()),
+            _ => Err(SpecError::Target),
+        }
+    }
+
+    /// Validates everything in the body: netns or setup, iface and policy.
     pub fn validate(&self) -> Result<Option<ValidPolicy>, String> {
-        netns_path(&self.netns).map_err(|e| e.to_string())?;
+        self.check_target().map_err(|e| e.to_string())?;
+        if let Some(netns) = &self.netns {
+            netns_path(netns).map_err(|e| e.to_string())?;
+        }
         if let Some(iface) = &self.iface {
             validate_iface(iface).map_err(|e| e.to_string())?;
         }
@@ -409,6 +441,26 @@ mod tests {
         let p = policy("{}").unwrap();
         assert_eq!(p, NetworkPolicy::default());
         assert!(p.allow_internet_access);
+    }
+
+    #[test]
+    fn netns_or_setup_exactly_one() {
+        let spec = |json: &str| serde_json::from_str::<SandboxSpec>(json).unwrap();
+        assert!(spec(r#"{"netns":"a"}"#).validate().is_ok());
+        let made = spec(r#"{"setup":{"tap":true},"network":{}}"#);
+        assert_eq!(made.setup, Some(SetupSpec { tap: true }));
+        assert!(made.validate().is_ok());
+        assert!(spec(r#"{"setup":{}}"#).validate().is_ok());
+        for both_or_neither in [r#"{"netns":"a","setup":{}}"#, r#"{"network":null}"#] {
+            assert_eq!(spec(both_or_neither).check_target(), Err(SpecError::Target));
+            assert!(spec(both_or_neither).validate().is_err());
+        }
+        assert!(serde_json::from_str::<SandboxSpec>(r#"{"setup":{"tun":true}}"#).is_err());
+        // A spec without setup serialises exactly as before.
+        assert_eq!(
+            serde_json::to_string(&spec(r#"{"netns":"a"}"#)).unwrap(),
+            r#"{"netns":"a","network":null}"#
+        );
     }
 
     #[test]

@@ -7,3 +7,4 @@ pub mod netctl_support;
 pub mod netns;
 pub mod process;
 pub mod servers;
+pub mod setup_support;

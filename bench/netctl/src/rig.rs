@@ -107,20 +107,42 @@ impl Daemon {
     /// Starts it and returns once it listens (reconcile included), with the
     /// time that took.
     pub fn start(netctl: &Path, dir: &Path) -> Result<(Self, Duration)> {
+        // No names are used: the upstream only keeps resolv.conf out of it.
+        Self::start_with(
+            netctl,
+            dir,
+            "reconcile_concurrency = 8\n[dns]\nupstreams = [\"192.0.2.53\"]\n",
+            None,
+        )
+    }
+
+    /// Starts it with this config, inside `host` when given (`nsenter
+    /// --net`, so the namespaces it bind-mounts are visible here too).
+    pub fn start_with(
+        netctl: &Path,
+        dir: &Path,
+        config_text: &str,
+        host: Option<&Netns>,
+    ) -> Result<(Self, Duration)> {
         std::fs::create_dir_all(dir)?;
         let socket = dir.join("netctl.sock");
         let config = dir.join("config.toml");
-        // No names are used: the upstream only keeps resolv.conf out of it.
-        std::fs::write(
-            &config,
-            "reconcile_concurrency = 8\n[dns]\nupstreams = [\"192.0.2.53\"]\n",
-        )?;
+        std::fs::write(&config, config_text)?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("netctl.log"))?;
         let started = Instant::now();
-        let mut child = Command::new(netctl)
+        let mut cmd = match host {
+            // nsenter execs netctl in place: the PID we kill is netctl's.
+            Some(ns) => {
+                let mut cmd = Command::new("nsenter");
+                cmd.arg(format!("--net={}", ns.path())).arg(netctl);
+                cmd
+            }
+            None => Command::new(netctl),
+        };
+        let mut child = cmd
             .arg("--socket")
             .arg(&socket)
             .arg("serve")

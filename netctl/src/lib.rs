@@ -2,6 +2,7 @@
 //! that sandbox's network namespace, and keeps DNS-derived sets fresh.
 
 pub mod api;
+pub mod apply;
 pub mod cli;
 pub mod client;
 pub mod config;

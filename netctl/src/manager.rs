@@ -17,11 +17,12 @@ use sbx_proto::ErrorCode;
 use tokio::sync::{Mutex, Notify, Semaphore};
 use tracing::{debug, info, warn};
 
+use crate::apply;
 use crate::config::Config;
 use crate::dns::{self, NameState, Resolver, Timing};
 use crate::metrics::{Metrics, SandboxSample};
 use crate::nft::Nft;
-use crate::ruleset::{self, Desired, Prefixes};
+use crate::ruleset::{self, Applied, Desired, Prefixes};
 use crate::setup::{Layout, Phase, Plan, SavedSetup, Setup};
 use crate::store::{Saved, Store};
 use crate::view::{AddressView, NameView, SandboxView};
@@ -51,7 +52,7 @@ struct Sandbox {
     /// The namespace and links netctl made, for sandboxes PUT with `setup`.
     setup: Option<SavedSetup>,
     /// What is in the kernel (None: nothing known to be applied).
-    applied: Option<Desired>,
+    applied: Option<Applied>,
     error: Option<String>,
     /// Bumped on every PUT/PATCH so a refresh that raced one is discarded.
     generation: u64,
@@ -280,38 +281,28 @@ impl Manager {
         let save_us = saving.elapsed().as_micros() as u64;
         let started = Instant::now();
         let same_netns = target(&sb.spec, sb.setup.as_ref()).ok().as_ref() == Some(&netns);
-        let applied = match sb.applied.as_ref().filter(|_| same_netns) {
-            // We committed `old` ourselves: send only the difference. If the
-            // kernel drifted (our table touched by someone else) the smaller
-            // transaction fails whole and the full table goes in instead.
-            Some(old) => match ruleset::update(old, &desired) {
-                // The same state again: re-assert it whole (a no-op for a
-                // healthy table, a repair for one someone changed).
-                None => self.nft.apply(&netns, &ruleset::full(&desired)).await,
-                Some(batch) => match self.nft.apply(&netns, &batch).await {
-                    Ok(()) => Ok(()),
-                    Err(e) => {
-                        warn!(sandbox = %entry.id, error = %e, "incremental apply failed; applying the whole table");
-                        self.nft.apply(&netns, &ruleset::full(&desired)).await
-                    }
-                },
-            },
-            None => self.nft.apply(&netns, &ruleset::full(&desired)).await,
-        };
+        let known = sb.applied.as_ref().filter(|_| same_netns);
+        let applied = apply::apply(&self.nft, &netns, known, &desired).await;
         self.metrics
             .record_apply(applied.is_ok(), started.elapsed());
-        if let Err(e) = applied {
-            warn!(sandbox = %entry.id, error = %e, "apply failed; previous rules stay in force");
-            let restored = if sb.generation == 0 && sb.applied.is_none() && sb.setup.is_none() {
-                self.store.remove(&entry.id)
-            } else {
-                self.store.save(&previous)
-            };
-            if let Err(e) = restored {
-                warn!(sandbox = %entry.id, error = %e, "could not restore saved state");
+        let applied = match applied {
+            Ok(applied) => applied,
+            Err(e) => {
+                warn!(sandbox = %entry.id, error = %e, "apply failed; previous rules stay in force");
+                if let Some(applied) = sb.applied.as_mut() {
+                    applied.mark_spares_unknown();
+                }
+                let restored = if sb.generation == 0 && sb.applied.is_none() && sb.setup.is_none() {
+                    self.store.remove(&entry.id)
+                } else {
+                    self.store.save(&previous)
+                };
+                if let Err(e) = restored {
+                    warn!(sandbox = %entry.id, error = %e, "could not restore saved state");
+                }
+                return Err(ApiError::new(ErrorCode::Internal, e.to_string()));
             }
-            return Err(ApiError::new(ErrorCode::Internal, e.to_string()));
-        }
+        };
         info!(sandbox = %entry.id, netns = %netns.display(), save_us, nft_us = started.elapsed().as_micros() as u64, "applied");
         let old_netns = target(&sb.spec, sb.setup.as_ref()).ok();
         if sb.applied.is_some() && old_netns.as_ref() != Some(&netns) {
@@ -326,7 +317,7 @@ impl Manager {
         sb.policy = policy;
         sb.names = names;
         sb.setup = setup;
-        sb.applied = Some(desired);
+        sb.applied = Some(applied);
         sb.error = None;
         sb.generation += 1;
         entry.wake.notify_one();
@@ -806,7 +797,7 @@ impl Manager {
         {
             Ok(path) => {
                 let started = Instant::now();
-                let r = self.nft.apply(&path, &ruleset::full(&desired)).await;
+                let r = apply::apply(&self.nft, &path, None, &desired).await;
                 self.metrics.record_apply(r.is_ok(), started.elapsed());
                 r.map_err(|e| e.to_string())
             }
@@ -818,8 +809,8 @@ impl Manager {
             Restored::Failed
         };
         match result {
-            Ok(()) => {
-                sb.applied = Some(desired);
+            Ok(applied) => {
+                sb.applied = Some(applied);
                 sb.error = None;
             }
             Err(e) => {
@@ -973,19 +964,12 @@ async fn refresher(manager: Arc<Manager>, entry: Arc<Entry>) {
         if let Err(e) = manager.store.save(&saved) {
             warn!(sandbox = %entry.id, error = %e, "could not save refreshed names");
         }
-        let mut applied = manager
-            .nft
-            .apply(&path, &ruleset::sets_only(&desired))
-            .await;
-        if applied.is_err() && path.exists() {
-            // Our table was changed behind our back: put it back whole.
-            applied = manager.nft.apply(&path, &ruleset::full(&desired)).await;
-        }
+        let applied = apply::apply(&manager.nft, &path, sb.applied.as_ref(), &desired).await;
         match applied {
-            Ok(()) => {
+            Ok(applied) => {
                 manager.metrics.set_updates.fetch_add(1, Ordering::Relaxed);
                 debug!(sandbox = %entry.id, "sets refreshed");
-                sb.applied = Some(desired);
+                sb.applied = Some(applied);
                 sb.error = None;
             }
             Err(e) => {
@@ -994,6 +978,9 @@ async fn refresher(manager: Arc<Manager>, entry: Arc<Entry>) {
                     .set_updates_failed
                     .fetch_add(1, Ordering::Relaxed);
                 warn!(sandbox = %entry.id, error = %e, "set refresh failed");
+                if let Some(applied) = sb.applied.as_mut() {
+                    applied.mark_spares_unknown();
+                }
                 sb.error = Some(e.to_string());
             }
         }

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use nftables::schema::Nftables;
 
 use crate::netns::{self, NetnsError};
-use crate::ruleset::{COUNTER_ACCEPTED, COUNTER_REFUSED, TABLE};
+use crate::ruleset::{CHAIN_POLICY, COUNTER_ACCEPTED, COUNTER_REFUSED, TABLE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
@@ -53,21 +53,37 @@ impl Nft {
 
     /// Commits `batch` in the namespace as one transaction.
     pub async fn apply(&self, netns: &Path, batch: &Nftables<'_>) -> Result<(), NftError> {
+        self.apply_in_order(netns, &[batch]).await
+    }
+
+    /// Commits each batch as its own transaction, in order, from one visit
+    /// to the namespace; stops at the first that fails.
+    pub async fn apply_in_order(
+        &self,
+        netns: &Path,
+        batches: &[&Nftables<'_>],
+    ) -> Result<(), NftError> {
         let ns = netns.to_path_buf();
-        let json = serde_json::to_string(batch).map_err(|e| NftError::Nft {
-            netns: ns.clone(),
-            message: format!("serialise batch: {e}"),
-        })?;
+        let mut inputs = Vec::with_capacity(batches.len());
+        for batch in batches {
+            inputs.push(serde_json::to_string(batch).map_err(|e| NftError::Nft {
+                netns: ns.clone(),
+                message: format!("serialise batch: {e}"),
+            })?);
+        }
         let program = self.program.clone();
-        netns::run_in(netns, move || run(&program, &["-j", "-f", "-"], Some(json)))
-            .await?
-            .map(drop)
-            .map_err(|e| NftError::Nft {
-                netns: ns,
-                message: match e {
-                    RunError::Failed(m) | RunError::Spawn(m) => m,
-                },
-            })
+        netns::run_in(netns, move || {
+            inputs
+                .into_iter()
+                .try_for_each(|json| run(&program, &["-j", "-f", "-"], Some(json)).map(drop))
+        })
+        .await?
+        .map_err(|e| NftError::Nft {
+            netns: ns,
+            message: match e {
+                RunError::Failed(m) | RunError::Spawn(m) => m,
+            },
+        })
     }
 
     /// Commits `batch` in netctl's own namespace (the host table). Runs on
@@ -122,6 +138,13 @@ impl Nft {
                 netns: netns.to_path_buf(),
                 message,
             })
+    }
+
+    /// Our policy chain as nft prints it in JSON (which sets its rules
+    /// point at); `None` when our table is not there.
+    pub async fn list_policy_chain(&self, netns: &Path) -> Result<Option<String>, NftError> {
+        self.list(netns, &["-j", "list", "chain", "inet", TABLE, CHAIN_POLICY])
+            .await
     }
 
     /// The table as nft prints it (text), for tests and `show --rules`;

@@ -19,6 +19,9 @@
 //!   chain refuse: counter, tcp reset, icmpx admin-prohibited
 //! ```
 //!
+//! Every set exists as two copies (`deny4_0`, `deny4_1`) and the rules name
+//! one; see [`Change`] for why a change fills the other copy first.
+//!
 //! Packets the sandbox originates are judged every time (interval-set
 //! lookups are O(log n)), so a tightened policy also cuts connections that
 //! were opened earlier. Only replies on connections opened *toward* the
@@ -47,7 +50,7 @@ const PRIO_FILTER: i32 = 0;
 
 const CHAIN_OUTPUT: &str = "output";
 const CHAIN_FORWARD: &str = "forward";
-const CHAIN_POLICY: &str = "policy";
+pub const CHAIN_POLICY: &str = "policy";
 const CHAIN_REFUSE: &str = "refuse";
 
 pub const COUNTER_ACCEPTED: &str = "accepted";
@@ -152,11 +155,131 @@ impl Desired {
     }
 }
 
-/// The whole table, as one transaction. Objects are added (a no-op when
-/// they exist, so named counters keep counting), then every chain and set
-/// is flushed and refilled: the kernel swaps old for new atomically, and a
-/// failure anywhere leaves the old rules whole.
-pub fn full(desired: &Desired) -> Nftables<'static> {
+/// Which of its two copies (slot 0 or 1) each of the eight sets is, as
+/// far as the rules are concerned. Rules name a set by slot, so swapping
+/// the rules is what switches a set's contents.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Slots(u8);
+
+impl Slots {
+    fn bit(kind: SetKind, v6: bool) -> u8 {
+        let index = SetKind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or_default();
+        1 << (index * 2 + usize::from(v6))
+    }
+
+    pub fn get(self, kind: SetKind, v6: bool) -> u8 {
+        u8::from(self.0 & Self::bit(kind, v6) != 0)
+    }
+
+    fn flipped(self, kind: SetKind, v6: bool) -> Self {
+        Self(self.0 ^ Self::bit(kind, v6))
+    }
+}
+
+/// What one apply left in the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub desired: Desired,
+    pub slots: Slots,
+    /// Whether the copies no rule points at are known to be absent (a
+    /// completed switch deletes them). Only then may a stage skip flushing
+    /// them, and it should: a flush, even of nothing, makes the kernel wait
+    /// for a grace period (~15 ms here).
+    pub spares_absent: bool,
+}
+
+impl Applied {
+    /// After a failed change: a stage may have left a filled spare copy.
+    pub fn mark_spares_unknown(&mut self) {
+        self.spares_absent = false;
+    }
+}
+
+/// One change as two transactions.
+///
+/// Set contents are never changed in the transaction that makes rules
+/// depend on them: on some kernels a packet judged while a commit is being
+/// finalised can miss an element added or re-added in that commit (seen
+/// here: a denied IPv6 address let through while a policy switched from
+/// allowlist to denylist). So `stage` fills the slot no rule points at,
+/// and `switch` then swaps the rules over to it in one atomic step and
+/// drops the copies no rule points at any more.
+pub struct Change {
+    pub stage: Option<Nftables<'static>>,
+    pub switch: Nftables<'static>,
+    /// What the rules point at once `switch` is committed.
+    pub slots: Slots,
+}
+
+/// From a state we committed ourselves: only sets whose contents differ
+/// are restaged. The rules are always re-asserted, so the same state
+/// twice leaves a healthy table as it was (counters too) and puts back
+/// rules someone else changed.
+pub fn update(old: &Applied, new: &Desired) -> Change {
+    change(
+        old.slots,
+        !old.spares_absent,
+        new,
+        |kind: SetKind, v6: bool| {
+            let (before, after) = (old.desired.set(kind), new.set(kind));
+            if v6 {
+                before.v6 != after.v6
+            } else {
+                before.v4 != after.v4
+            }
+        },
+    )
+}
+
+/// From a state we do not know: every set is staged into the slot the
+/// rules in the kernel do not point at (`referenced`, read from there).
+pub fn rebuild(referenced: Slots, new: &Desired) -> Change {
+    change(referenced, true, new, |_, _| true)
+}
+
+fn change(
+    current: Slots,
+    flush_spares: bool,
+    desired: &Desired,
+    restage: impl Fn(SetKind, bool) -> bool,
+) -> Change {
+    let mut slots = current;
+    let mut stage = Batch::new();
+    let mut staged = false;
+    for kind in SetKind::ALL {
+        for v6 in [false, true] {
+            if restage(kind, v6) {
+                slots = slots.flipped(kind, v6);
+                if !staged {
+                    stage.add(NfListObject::Table(table()));
+                    staged = true;
+                }
+                // Nothing points at this copy, so flushing leftovers of an
+                // interrupted change is safe.
+                let decl = set_decl(kind, v6, slots.get(kind, v6));
+                stage.add(NfListObject::Set(Box::new(decl.clone())));
+                if flush_spares {
+                    stage.add_cmd(NfCmd::Flush(FlushObject::Set(Box::new(decl))));
+                }
+                add_elements(&mut stage, kind, v6, slots.get(kind, v6), desired.set(kind));
+            }
+        }
+    }
+    Change {
+        stage: staged.then(|| stage.to_nftables()),
+        switch: switch(desired, slots),
+        slots,
+    }
+}
+
+/// The rules, pointing at `slots`; named counters are added (a no-op when
+/// they exist, so they keep counting). Sets are not declared here: if one
+/// the rules need is missing the transaction fails whole instead of
+/// matching against an empty set.
+fn switch(desired: &Desired, slots: Slots) -> Nftables<'static> {
     let mut batch = Batch::new();
     batch.add(NfListObject::Table(table()));
     for name in [COUNTER_ACCEPTED, COUNTER_REFUSED] {
@@ -168,11 +291,6 @@ pub fn full(desired: &Desired) -> Nftables<'static> {
             packets: None,
             bytes: None,
         }));
-    }
-    for kind in SetKind::ALL {
-        for v6 in [false, true] {
-            batch.add(NfListObject::Set(Box::new(set_decl(kind, v6))));
-        }
     }
     batch.add(NfListObject::Chain(base_chain(
         CHAIN_OUTPUT,
@@ -187,8 +305,6 @@ pub fn full(desired: &Desired) -> Nftables<'static> {
     for name in [CHAIN_OUTPUT, CHAIN_FORWARD, CHAIN_POLICY, CHAIN_REFUSE] {
         batch.add_cmd(NfCmd::Flush(FlushObject::Chain(chain(name))));
     }
-    refill_sets(&mut batch, desired, &SetKind::ALL);
-
     batch.add(rule(CHAIN_OUTPUT, vec![jump(CHAIN_POLICY)]));
     if let Some(iface) = &desired.iface {
         batch.add(rule(
@@ -202,50 +318,37 @@ pub fn full(desired: &Desired) -> Nftables<'static> {
             ],
         ));
     }
-    for r in policy_rules(desired) {
+    for r in policy_rules(desired, slots) {
         batch.add(rule(CHAIN_POLICY, r));
     }
     for r in refuse_rules(desired.refusal) {
         batch.add(rule(CHAIN_REFUSE, r));
     }
-    batch.to_nftables()
-}
-
-/// Only the allow and deny sets, for a DNS refresh: the rules stay as they
-/// are, and the swap is still one transaction.
-pub fn sets_only(desired: &Desired) -> Nftables<'static> {
-    let mut batch = Batch::new();
-    refill_sets(&mut batch, desired, &[SetKind::Allow, SetKind::Deny]);
-    batch.to_nftables()
-}
-
-/// What to commit to go from `old` (known to be in the kernel, because we
-/// committed it) to `new`: nothing when they are equal, only the changed
-/// sets when the rules stay the same, else the whole table. Every commit
-/// that removes set elements or rules waits for the kernel to retire the
-/// old objects, so touching less is what keeps applies fast.
-pub fn update(old: &Desired, new: &Desired) -> Option<Nftables<'static>> {
-    if old == new {
-        return None;
-    }
-    let same_rules = old.iface == new.iface
-        && old.allow_internet_access == new.allow_internet_access
-        && old.refusal == new.refusal
-        && old.dns.is_empty() == new.dns.is_empty();
-    if !same_rules {
-        return Some(full(new));
-    }
-    let mut batch = Batch::new();
+    // The copies no rule points at any more (adding first makes the delete
+    // succeed whether or not the copy is there).
     for kind in SetKind::ALL {
-        let (before, after) = (old.set(kind), new.set(kind));
-        if before.v4 != after.v4 {
-            refill_one(&mut batch, kind, false, after);
-        }
-        if before.v6 != after.v6 {
-            refill_one(&mut batch, kind, true, after);
+        for v6 in [false, true] {
+            let unused = set_decl(kind, v6, 1 - slots.get(kind, v6));
+            batch.add(NfListObject::Set(Box::new(unused.clone())));
+            batch.delete(NfListObject::Set(Box::new(unused)));
         }
     }
-    Some(batch.to_nftables())
+    batch.to_nftables()
+}
+
+/// Which slot each set's rule points at, read from `nft -j list chain
+/// inet sbx_netctl policy`; sets no rule names count as slot 0.
+pub fn referenced(listing: &str) -> Slots {
+    let mut slots = Slots::default();
+    for kind in SetKind::ALL {
+        for v6 in [false, true] {
+            let one = format!("\"@{}\"", set_name(kind, v6, 1));
+            if listing.contains(&one) {
+                slots = slots.flipped(kind, v6);
+            }
+        }
+    }
+    slots
 }
 
 /// Removes our table. Adding it first makes the delete succeed whether or
@@ -257,16 +360,17 @@ pub fn remove() -> Nftables<'static> {
     batch.to_nftables()
 }
 
-fn refill_sets(batch: &mut Batch<'static>, desired: &Desired, kinds: &[SetKind]) {
-    for &kind in kinds {
-        for v6 in [false, true] {
-            refill_one(batch, kind, v6, desired.set(kind));
-        }
-    }
+fn set_name(kind: SetKind, v6: bool, slot: u8) -> String {
+    format!("{}_{slot}", kind.name(v6))
 }
 
-fn refill_one(batch: &mut Batch<'static>, kind: SetKind, v6: bool, prefixes: &Prefixes) {
-    batch.add_cmd(NfCmd::Flush(FlushObject::Set(Box::new(set_decl(kind, v6)))));
+fn add_elements(
+    batch: &mut Batch<'static>,
+    kind: SetKind,
+    v6: bool,
+    slot: u8,
+    prefixes: &Prefixes,
+) {
     let elems: Vec<Expression<'static>> = if v6 {
         prefixes
             .v6
@@ -284,13 +388,13 @@ fn refill_one(batch: &mut Batch<'static>, kind: SetKind, v6: bool, prefixes: &Pr
         batch.add(NfListObject::Element(nftables::schema::Element {
             family: FAMILY,
             table: TABLE.into(),
-            name: kind.name(v6).into(),
+            name: set_name(kind, v6, slot).into(),
             elem: Cow::Owned(elems),
         }));
     }
 }
 
-fn policy_rules(desired: &Desired) -> Vec<Vec<Statement<'static>>> {
+fn policy_rules(desired: &Desired, slots: Slots) -> Vec<Vec<Statement<'static>>> {
     let mut rules = vec![
         vec![
             eq(meta(MetaKey::Oif), Expression::String("lo".into())),
@@ -327,13 +431,16 @@ fn policy_rules(desired: &Desired) -> Vec<Vec<Statement<'static>>> {
         ],
     ];
     for v6 in [false, true] {
-        rules.push(vec![daddr_in(SetKind::Always, v6), goto(CHAIN_REFUSE)]);
+        rules.push(vec![
+            daddr_in(SetKind::Always, v6, slots),
+            goto(CHAIN_REFUSE),
+        ]);
     }
     if !desired.dns.is_empty() {
         for v6 in [false, true] {
             for proto in ["udp", "tcp"] {
                 rules.push(vec![
-                    daddr_in(SetKind::Dns, v6),
+                    daddr_in(SetKind::Dns, v6, slots),
                     eq(payload(proto, "dport"), Expression::Number(DNS_PORT)),
                     count(COUNTER_ACCEPTED),
                     accept(),
@@ -343,13 +450,13 @@ fn policy_rules(desired: &Desired) -> Vec<Vec<Statement<'static>>> {
     }
     for v6 in [false, true] {
         rules.push(vec![
-            daddr_in(SetKind::Allow, v6),
+            daddr_in(SetKind::Allow, v6, slots),
             count(COUNTER_ACCEPTED),
             accept(),
         ]);
     }
     for v6 in [false, true] {
-        rules.push(vec![daddr_in(SetKind::Deny, v6), goto(CHAIN_REFUSE)]);
+        rules.push(vec![daddr_in(SetKind::Deny, v6, slots), goto(CHAIN_REFUSE)]);
     }
     if desired.allow_internet_access {
         rules.push(vec![count(COUNTER_ACCEPTED), accept()]);
@@ -403,11 +510,11 @@ fn base_chain(name: &'static str, hook: NfHook) -> Chain<'static> {
     }
 }
 
-fn set_decl(kind: SetKind, v6: bool) -> Set<'static> {
+fn set_decl(kind: SetKind, v6: bool, slot: u8) -> Set<'static> {
     Set {
         family: FAMILY,
         table: TABLE.into(),
-        name: kind.name(v6).into(),
+        name: set_name(kind, v6, slot).into(),
         set_type: SetTypeValue::Single(if v6 {
             SetType::Ipv6Addr
         } else {
@@ -471,11 +578,11 @@ fn eq(left: Expression<'static>, right: Expression<'static>) -> Statement<'stati
     })
 }
 
-fn daddr_in(kind: SetKind, v6: bool) -> Statement<'static> {
+fn daddr_in(kind: SetKind, v6: bool, slots: Slots) -> Statement<'static> {
     let proto = if v6 { "ip6" } else { "ip" };
     eq(
         payload(proto, "daddr"),
-        Expression::String(format!("@{}", kind.name(v6)).into()),
+        Expression::String(format!("@{}", set_name(kind, v6, slots.get(kind, v6))).into()),
     )
 }
 
@@ -540,6 +647,10 @@ mod tests {
         assert_eq!(v6, ["2001:db8::/32"]);
     }
 
+    fn fresh(d: &Desired) -> Change {
+        rebuild(Slots::default(), d)
+    }
+
     fn json(n: &Nftables) -> serde_json::Value {
         serde_json::to_value(n).unwrap()
     }
@@ -559,7 +670,7 @@ mod tests {
     fn order_follows_the_spec() {
         let mut d = desired();
         d.allow_internet_access = false;
-        let n = full(&d);
+        let n = fresh(&d).switch;
         let rules = rules_of(&n, CHAIN_POLICY);
         let text: Vec<String> = rules.iter().map(|r| r.to_string()).collect();
         let pos = |needle: &str| {
@@ -583,7 +694,7 @@ mod tests {
 
     #[test]
     fn default_allow_ends_in_accept() {
-        let n = full(&desired());
+        let n = fresh(&desired()).switch;
         let rules = rules_of(&n, CHAIN_POLICY);
         let last = rules.last().unwrap().to_string();
         assert!(
@@ -594,17 +705,17 @@ mod tests {
 
     #[test]
     fn forward_chain_only_with_iface() {
-        assert!(rules_of(&full(&desired()), CHAIN_FORWARD).is_empty());
+        assert!(rules_of(&fresh(&desired()).switch, CHAIN_FORWARD).is_empty());
         let mut d = desired();
         d.iface = Some("tap0".into());
-        let fwd = rules_of(&full(&d), CHAIN_FORWARD);
+        let fwd = rules_of(&fresh(&d).switch, CHAIN_FORWARD);
         assert_eq!(fwd.len(), 1);
         assert!(fwd[0].to_string().contains("tap0"));
     }
 
     #[test]
     fn refusal_is_fast() {
-        let rules = rules_of(&full(&desired()), CHAIN_REFUSE);
+        let rules = rules_of(&fresh(&desired()).switch, CHAIN_REFUSE);
         let text = serde_json::Value::Array(rules).to_string();
         assert!(text.contains("tcp reset"), "{text}");
         assert!(text.contains("admin-prohibited"), "{text}");
@@ -617,7 +728,7 @@ mod tests {
             "192.0.2.0/24".parse().unwrap(),
             "2001:db8::5/128".parse().unwrap(),
         ]);
-        let text = json(&full(&d)).to_string();
+        let text = json(&fresh(&d).stage.unwrap()).to_string();
         assert!(
             text.contains(r#"{"prefix":{"addr":"192.0.2.0","len":24}}"#),
             "{text}"
@@ -626,33 +737,119 @@ mod tests {
     }
 
     #[test]
-    fn refresh_touches_only_allow_and_deny_sets() {
-        let text = json(&sets_only(&desired())).to_string();
-        assert!(text.contains("allow4") && text.contains("deny6"));
-        assert!(!text.contains("always4") && !text.contains("\"rule\""));
+    fn only_changed_sets_are_restaged_into_the_other_slot() {
+        let first = fresh(&desired());
+        let old = Applied {
+            desired: desired(),
+            slots: first.slots,
+            spares_absent: true,
+        };
+        let mut new = old.desired.clone();
+        new.deny = Prefixes::merge(&["192.0.2.0/24".parse().unwrap()]);
+        let c = update(&old, &new);
+        let stage = json(&c.stage.unwrap()).to_string();
+        assert!(
+            stage.contains("deny4_0") && !stage.contains("deny6"),
+            "{stage}"
+        );
+        assert!(
+            !stage.contains("\"rule\"") && !stage.contains("\"chain\""),
+            "{stage}"
+        );
+        let switch = json(&c.switch).to_string();
+        assert!(
+            switch.contains("@deny4_0") && switch.contains("@deny6_1"),
+            "{switch}"
+        );
+        assert_eq!(c.slots.get(SetKind::Deny, false), 0);
+        assert_eq!(c.slots.get(SetKind::Allow, false), 1);
     }
 
     #[test]
-    fn update_touches_only_what_changed() {
-        let old = desired();
-        assert!(update(&old, &old).is_none());
-        let mut new = old.clone();
+    fn spares_are_flushed_only_when_they_may_hold_leftovers() {
+        let flushes = |c: &Change| {
+            c.stage.as_ref().map_or(0, |n| {
+                json(n)["nftables"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|c| c.get("flush").is_some())
+                    .count()
+            })
+        };
+        let mut old = Applied {
+            desired: desired(),
+            slots: fresh(&desired()).slots,
+            spares_absent: true,
+        };
+        let mut new = old.desired.clone();
         new.deny = Prefixes::merge(&["192.0.2.0/24".parse().unwrap()]);
-        let text = json(&update(&old, &new).unwrap()).to_string();
-        assert!(
-            text.contains("deny4") && !text.contains("deny6") && !text.contains("\"rule\""),
-            "{text}"
-        );
+        assert_eq!(flushes(&update(&old, &new)), 0);
+        old.mark_spares_unknown();
+        assert_eq!(flushes(&update(&old, &new)), 1);
+        assert_eq!(flushes(&fresh(&new)), 8);
+    }
+
+    #[test]
+    fn rules_only_change_stages_nothing() {
+        let first = fresh(&desired());
+        let old = Applied {
+            desired: desired(),
+            slots: first.slots,
+            spares_absent: true,
+        };
+        let mut new = old.desired.clone();
         new.allow_internet_access = false;
-        let text = json(&update(&old, &new).unwrap()).to_string();
-        assert!(
-            text.contains("\"rule\"") && text.contains("always4"),
-            "{text}"
+        let c = update(&old, &new);
+        assert!(c.stage.is_none());
+        assert_eq!(c.slots, old.slots);
+    }
+
+    #[test]
+    fn the_switch_never_touches_set_contents() {
+        let mut d = desired();
+        d.allow = Prefixes::merge(&["192.0.2.0/24".parse().unwrap()]);
+        for c in [
+            fresh(&d),
+            update(
+                &Applied {
+                    desired: desired(),
+                    slots: Slots::default(),
+                    spares_absent: true,
+                },
+                &d,
+            ),
+        ] {
+            for cmd in json(&c.switch)["nftables"].as_array().unwrap() {
+                let text = cmd.to_string();
+                assert!(!text.contains("\"element\""), "{text}");
+                assert!(
+                    !(cmd.get("flush").is_some() && text.contains("\"set\"")),
+                    "{text}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn reads_which_slot_the_kernel_rules_point_at() {
+        let listing = r#"{"nftables": [{"rule": {"expr": [{"match": {"op": "==",
+            "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "@deny4_1"}},
+            {"goto": {"target": "refuse"}}]}}]}"#;
+        let slots = referenced(listing);
+        assert_eq!(slots.get(SetKind::Deny, false), 1);
+        assert_eq!(slots.get(SetKind::Deny, true), 0);
+        assert_eq!(
+            rebuild(slots, &desired()).slots.get(SetKind::Deny, false),
+            0
         );
     }
 
     #[test]
     fn same_input_same_batch() {
-        assert_eq!(json(&full(&desired())), json(&full(&desired())));
+        assert_eq!(
+            json(&fresh(&desired()).switch),
+            json(&fresh(&desired()).switch)
+        );
     }
 }

@@ -22,10 +22,17 @@ fn no_denied_connection_succeeds_during_500_updates() {
     let leaks = Arc::new(AtomicUsize::new(0));
     let losses = Arc::new(AtomicUsize::new(0));
     let probes = Arc::new(AtomicUsize::new(0));
+    // Which update was being applied, so a failure names the transition.
+    let current = Arc::new(AtomicUsize::new(0));
     let mut probers = Vec::new();
     for (target, must_pass) in [(V4_B, false), (V6_B, false), (V4_A, true)] {
-        let (stop, leaks, losses, probes) =
-            (stop.clone(), leaks.clone(), losses.clone(), probes.clone());
+        let (stop, leaks, losses, probes, current) = (
+            stop.clone(),
+            leaks.clone(),
+            losses.clone(),
+            probes.clone(),
+            current.clone(),
+        );
         let ns = w.sandbox.path();
         let addr = std::net::SocketAddr::new(target.parse().unwrap(), PORT);
         probers.push(std::thread::spawn(move || {
@@ -35,10 +42,13 @@ fn no_denied_connection_succeeds_during_500_updates() {
                     probes.fetch_add(1, Ordering::Relaxed);
                     match (must_pass, outcome.is_ok()) {
                         (false, true) => {
+                            let i = current.load(Ordering::Relaxed);
+                            eprintln!("{addr}: got through during update {i}");
                             leaks.fetch_add(1, Ordering::Relaxed);
                         }
                         (true, false) => {
-                            eprintln!("{addr}: lost during update: {outcome:?}");
+                            let i = current.load(Ordering::Relaxed);
+                            eprintln!("{addr}: lost during update {i}: {outcome:?}");
                             losses.fetch_add(1, Ordering::Relaxed);
                         }
                         _ => {}
@@ -63,6 +73,7 @@ fn no_denied_connection_succeeds_during_500_updates() {
                 r#"{{"allow_internet_access": false, "allow_out": ["198.51.100.0/28", "{V6_A}"], "deny_out": ["{V4_B}"]}}"#
             ),
         };
+        current.store(i, Ordering::Relaxed);
         w.put_ok("sb", &policy);
     }
     stop.store(true, Ordering::Relaxed);

@@ -319,7 +319,8 @@ fn throughput_figures(cli: &Cli, daemon: &Daemon, sandbox: &Netns, internet: &Ne
         }
     }
     daemon.put("bench", &sandbox.name, &policy)?;
-    let table = sandbox.exec("nft", &["list", "set", "inet", "sbx_netctl", "deny4"])?;
+    // The deny set lives in one of two slots (deny4_0, deny4_1).
+    let table = sandbox.exec("nft", &["list", "table", "inet", "sbx_netctl"])?;
     let elements = table.matches("/25").count();
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);

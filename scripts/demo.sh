@@ -50,10 +50,17 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Starts a long-running process and records its PID. `ip netns exec` and
-# `nsenter` exec the command, so $! is the process itself.
-spawn() { # out err command...
+# Starts a long-running process and records its PID. The in_* helpers are
+# spelled out here because a backgrounded shell function runs in a subshell
+# whose PID is not the process's; `ip netns exec` and `nsenter` exec the
+# command, so $! is the process itself.
+spawn() { # out err [in_net|in_host|in_sandbox] command...
   local out=$1 err=$2; shift 2
+  case $1 in
+    in_net) set -- ip netns exec "$NET_NS" "${@:2}" ;;
+    in_host) set -- nsenter --net="/run/netns/$HOST_NS" "${@:2}" ;;
+    in_sandbox) set -- ip netns exec "$SANDBOX_NS" "${@:2}" ;;
+  esac
   "$@" >"$out" 2>"$err" &
   PIDS+=($!)
 }
@@ -174,7 +181,7 @@ netctl show "$SANDBOX" | sed 's/^/    /'
 
 bold "9. A policy change takes effect at once: allow_internet_access=false and no allow_out"
 START=$(date +%s%N)
-echo '{"allow_internet_access": false}' | netctl apply "$SANDBOX" --netns "$SANDBOX_NS" --policy - >/dev/null
+echo '{"allow_internet_access": false}' | netctl set-policy "$SANDBOX" --policy - >/dev/null
 ok "applied in $(ms_since "$START") ms"
 OUT=$(in_host "$BIN/sbx" exec "$AGENT" "${AUTH[@]}" -- bash -c "$TIMED" http://203.0.113.10/ 2>&1) \
   && fail "still reachable" || ok "curl http://203.0.113.10/ now refused: $OUT"
@@ -183,7 +190,7 @@ ok "the tunnel still works (it is inbound): redis-cli GET → $(in_host redis-cl
 bold "10. netctl removes the sandbox network"
 kill "${PIDS[-1]}" 2>/dev/null || true   # the tunnel
 START=$(date +%s%N)
-netctl netns delete "$SANDBOX"
+netctl netns delete "$SANDBOX" >/dev/null
 ok "netctl netns delete $SANDBOX: $(ms_since "$START") ms"
 ip netns list | grep -q "^$SANDBOX_NS" && fail "namespace still there" || ok "namespace $SANDBOX_NS is gone"
 in_host ip -br link | grep -q "^dsb" && fail "host link left behind" || ok "no sandbox link left on the host"

@@ -51,6 +51,17 @@ pub enum Command {
         #[arg(long)]
         policy: String,
     },
+    /// Replace the policy of a sandbox netctl already manages (created by
+    /// `apply` or `netns create`), keeping its namespace.
+    SetPolicy {
+        id: String,
+        /// Policy JSON file, or `-` for stdin.
+        #[arg(long, required_unless_present = "clear", conflicts_with = "clear")]
+        policy: Option<String>,
+        /// Drop the policy: everything is allowed.
+        #[arg(long)]
+        clear: bool,
+    },
     /// Show one sandbox.
     Show {
         id: String,
@@ -140,6 +151,18 @@ pub async fn run_client(socket: &Path, command: Command) -> anyhow::Result<()> {
             let body = serde_json::to_vec(&spec)?;
             let out =
                 client::request(socket, "PUT", &format!("/v1/sandboxes/{id}"), Some(body)).await?;
+            let view: SandboxView = serde_json::from_slice(&out)?;
+            println!("applied {} in {}", view.id, view.netns);
+        }
+        Command::SetPolicy { id, policy, clear } => {
+            sbx_proto::policy::validate_id(&id)?;
+            let network = match (policy, clear) {
+                (Some(source), false) => Some(read_policy(&source)?),
+                _ => None,
+            };
+            let body = serde_json::to_vec(&serde_json::json!({ "network": network }))?;
+            let out = client::request(socket, "PATCH", &format!("/v1/sandboxes/{id}"), Some(body))
+                .await?;
             let view: SandboxView = serde_json::from_slice(&out)?;
             println!("applied {} in {}", view.id, view.netns);
         }

@@ -94,12 +94,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
         bearer = config.bearer_token.is_some(),
         "sbx-agent ready"
     );
+    // Watched before READY=1: a stop requested right after start must not
+    // kill the agent with the default SIGTERM action.
+    let stop = StopSignals::watch()?;
     // Scripts and tests learn an ephemeral port from this line.
     println!("sbx-agent listening on {local}");
     notify::ready();
 
     tokio::spawn(async move {
-        wait_for_signal().await;
+        stop.wait().await;
         tracing::info!("shutting down");
         notify::stopping();
         let _ = stop_tx.send(true);
@@ -119,17 +122,25 @@ async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(err) => {
-            tracing::error!(error = %err, "cannot watch SIGTERM");
-            return std::future::pending().await;
+/// SIGTERM and SIGINT, watched from the moment this exists.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn watch() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("watch SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("watch SIGINT")?,
+        })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }

@@ -245,11 +245,21 @@ impl Manager {
         netns: PathBuf,
         setup: Option<SavedSetup>,
     ) -> Result<(), ApiError> {
-        if !netns.exists() {
-            return Err(ApiError::new(
-                ErrorCode::BadRequest,
-                format!("network namespace {} not found", netns.display()),
-            ));
+        // `exists()` would call a namespace we may not open "not found".
+        match std::fs::metadata(&netns) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ApiError::new(
+                    ErrorCode::BadRequest,
+                    format!("network namespace {} not found", netns.display()),
+                ));
+            }
+            Err(e) => {
+                return Err(ApiError::new(
+                    ErrorCode::BadRequest,
+                    format!("network namespace {}: {e}", netns.display()),
+                ));
+            }
         }
         let wanted: Vec<String> = policy
             .as_ref()
@@ -633,7 +643,12 @@ impl Manager {
                 (None, None) => String::new(),
             },
             setup: sb.setup.as_ref().map(|s| s.plan.clone()),
-            iface: sb.spec.iface.clone(),
+            // The interface whose forwarded traffic the rules judge: the
+            // tap netctl made, or the one the caller named.
+            iface: match &sb.setup {
+                Some(s) => s.plan.tap.clone(),
+                None => sb.spec.iface.clone(),
+            },
             network: sb.spec.network.clone(),
             applied: sb.applied.is_some(),
             error: sb.error.clone(),

@@ -21,13 +21,16 @@ pub async fn serve(config_path: &Path, socket: &Path, state_dir: &Path) -> anyho
         .context("reconcile saved sandboxes")?;
 
     let listener = bind(socket)?;
+    // Watched before READY=1: a stop requested right after start must not
+    // kill the daemon with the default SIGTERM action.
+    let stop = StopSignals::watch()?;
     info!(socket = %socket.display(), "listening");
     // Tests and service managers wait for this line.
     println!("netctl listening on {}", socket.display());
     crate::notify::ready();
     let app = crate::api::router(manager);
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown())
+        .with_graceful_shutdown(stop.wait())
         .await
         .context("serve")?;
     info!("stopped");
@@ -67,16 +70,27 @@ fn unsafe_umask(mask: u32) -> u32 {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask)).bits()
 }
 
-async fn shutdown() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+/// SIGTERM and SIGINT, watched from the moment this exists.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn watch() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("watch SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("watch SIGINT")?,
+        })
     }
-    info!("shutting down; rules stay in force");
-    crate::notify::stopping();
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        info!("shutting down; rules stay in force");
+        crate::notify::stopping();
+    }
 }

@@ -462,6 +462,26 @@ fn cli_netns_create_and_delete() {
     let s2 = w.check_view("cli2", &serde_json::from_str(&out).expect("json"), true);
     assert_ne!(s1.slot, s2.slot);
 
+    // set-policy replaces the policy and keeps the namespace; --clear drops it.
+    let (code, out, err) = netctl_cli(
+        &socket,
+        &["set-policy", "cli1", "--policy", "-"],
+        Some(r#"{"allow_internet_access": false}"#),
+    );
+    assert_eq!(code, 0, "set-policy: {out}{err}");
+    let (_, out, _) = netctl_cli(&socket, &["show", "cli1", "--json"], None);
+    let view: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(view["network"]["allow_internet_access"], false, "{view}");
+    assert_eq!(view["setup"]["netns"], s1.netns, "{view}");
+    let (code, out, err) = netctl_cli(&socket, &["set-policy", "cli1", "--clear"], None);
+    assert_eq!(code, 0, "set-policy --clear: {out}{err}");
+    let (_, out, _) = netctl_cli(&socket, &["show", "cli1", "--json"], None);
+    let view: Value = serde_json::from_str(&out).expect("json");
+    assert!(view["network"].is_null(), "{view}");
+    let (code, _, err) = netctl_cli(&socket, &["set-policy", "nobody", "--clear"], None);
+    assert_ne!(code, 0, "set-policy of an unknown sandbox should fail");
+    assert!(err.contains("nobody"), "error names the sandbox: {err}");
+
     // A bad policy from the CLI fails and makes nothing.
     let (code, out, err) = netctl_cli(
         &socket,
@@ -489,12 +509,8 @@ fn tap_sandbox_has_its_tap_and_forwarding() {
     let before = w.snapshot();
     let view = w.create("vm", true, Some(r#"{"deny_out": ["198.51.100.20"]}"#));
     let s = SetupView::from_view(&view);
-    // The view's `iface` echoes the request (none given); the rules below
-    // must name the tap either way.
-    assert!(
-        view["iface"].is_null() || view["iface"] == "tap0",
-        "iface: {view}"
-    );
+    // The view names the interface whose forwarded traffic is judged.
+    assert_eq!(view["iface"], "tap0", "iface: {view}");
     check_inside(&w, &s);
     let tap = ip_json(&s.netns, &["-d", "link", "show", "dev", "tap0"]);
     assert_eq!(tap[0]["ifname"], "tap0", "{tap}");

@@ -1,5 +1,5 @@
-//! Getting a sandbox's rules into its namespace so that no packet is ever
-//! judged against a half-made change (see [`ruleset::Change`]).
+//! Getting a sandbox's rules into its namespace in two transactions, stage
+//! then switch (see [`ruleset::Change`] for why).
 
 use std::path::Path;
 
@@ -8,17 +8,18 @@ use tracing::warn;
 use crate::nft::{Nft, NftError};
 use crate::ruleset::{self, Applied, Change, Desired, Slots};
 
-/// Commits `desired`. From a state we committed ourselves (`known`) only
-/// the changed sets are restaged; if that fails (our table was changed
-/// behind our back) or nothing is known, the rules in the kernel are read
-/// to find the free copies and everything is rebuilt there.
+/// Commits `desired`. From a trusted state we committed ourselves only the
+/// changed sets are restaged; if that fails (our table was changed behind
+/// our back, or a spare copy was left by an interrupted change) or nothing
+/// trustworthy is known, the rules in the kernel are read to find the copies
+/// nothing points at, and every set is rebuilt there.
 pub async fn apply(
     nft: &Nft,
     netns: &Path,
     known: Option<&Applied>,
     desired: &Desired,
 ) -> Result<Applied, NftError> {
-    if let Some(old) = known {
+    if let Some(old) = known.filter(|a| a.trusted) {
         match commit(nft, netns, ruleset::update(old, desired)).await {
             Ok(slots) => return Ok(applied(desired, slots)),
             Err(e) => {
@@ -26,11 +27,13 @@ pub async fn apply(
             }
         }
     }
-    let referenced = nft
-        .list_policy_chain(netns)
-        .await?
-        .map(|listing| ruleset::referenced(&listing))
-        .unwrap_or_default();
+    let referenced = match nft.list_policy_chain(netns).await? {
+        Some(listing) => ruleset::referenced(&listing).map_err(|message| NftError::Nft {
+            netns: netns.to_path_buf(),
+            message,
+        })?,
+        None => Slots::default(),
+    };
     commit(nft, netns, ruleset::rebuild(referenced, desired))
         .await
         .map(|slots| applied(desired, slots))
@@ -48,6 +51,6 @@ fn applied(desired: &Desired, slots: Slots) -> Applied {
     Applied {
         desired: desired.clone(),
         slots,
-        spares_absent: true,
+        trusted: true,
     }
 }

@@ -1,12 +1,13 @@
 //! The sandboxes under management: validation → resolution → saved state →
-//! one transaction, and the DNS refresh that keeps sets fresh.
+//! the kernel (stage then switch, see `apply`), and the DNS refresh that
+//! keeps sets fresh.
 //!
 //! Each sandbox has its own async mutex, so changes to one sandbox are
 //! serialised (a refresh never interleaves with a PUT) while different
 //! sandboxes proceed in parallel.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
@@ -291,17 +292,20 @@ impl Manager {
         let save_us = saving.elapsed().as_micros() as u64;
         let started = Instant::now();
         let same_netns = target(&sb.spec, sb.setup.as_ref()).ok().as_ref() == Some(&netns);
-        let known = sb.applied.as_ref().filter(|_| same_netns);
-        let applied = apply::apply(&self.nft, &netns, known, &desired).await;
+        let known = sb.applied.clone().filter(|_| same_netns);
+        // Until this change completes the kernel may hold part of it; if
+        // the request is dropped half-way this stays, and the next change
+        // reads the kernel first.
+        if let Some(applied) = sb.applied.as_mut() {
+            applied.distrust();
+        }
+        let applied = apply::apply(&self.nft, &netns, known.as_ref(), &desired).await;
         self.metrics
             .record_apply(applied.is_ok(), started.elapsed());
         let applied = match applied {
             Ok(applied) => applied,
             Err(e) => {
                 warn!(sandbox = %entry.id, error = %e, "apply failed; previous rules stay in force");
-                if let Some(applied) = sb.applied.as_mut() {
-                    applied.mark_spares_unknown();
-                }
                 let restored = if sb.generation == 0 && sb.applied.is_none() && sb.setup.is_none() {
                     self.store.remove(&entry.id)
                 } else {
@@ -316,7 +320,9 @@ impl Manager {
         info!(sandbox = %entry.id, netns = %netns.display(), save_us, nft_us = started.elapsed().as_micros() as u64, "applied");
         let old_netns = target(&sb.spec, sb.setup.as_ref()).ok();
         if sb.applied.is_some() && old_netns.as_ref() != Some(&netns) {
-            if let Some(old) = old_netns {
+            // A namespace reached by another path (a name and a /proc path)
+            // holds the table just applied.
+            if let Some(old) = old_netns.filter(|old| !same_file(old, &netns)) {
                 // The sandbox moved: our table in the old namespace is stale.
                 if let Err(e) = self.nft.apply(&old, &ruleset::remove()).await {
                     debug!(sandbox = %entry.id, error = %e, "old namespace not cleaned");
@@ -856,6 +862,15 @@ pub struct ReconcileReport {
     pub took: Duration,
 }
 
+/// Whether two paths name the same namespace (same device and inode).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
 fn not_found(id: &str) -> ApiError {
     ApiError::new(ErrorCode::NotFound, format!("sandbox {id:?} not found"))
 }
@@ -979,7 +994,11 @@ async fn refresher(manager: Arc<Manager>, entry: Arc<Entry>) {
         if let Err(e) = manager.store.save(&saved) {
             warn!(sandbox = %entry.id, error = %e, "could not save refreshed names");
         }
-        let applied = apply::apply(&manager.nft, &path, sb.applied.as_ref(), &desired).await;
+        let known = sb.applied.clone();
+        if let Some(applied) = sb.applied.as_mut() {
+            applied.distrust();
+        }
+        let applied = apply::apply(&manager.nft, &path, known.as_ref(), &desired).await;
         match applied {
             Ok(applied) => {
                 manager.metrics.set_updates.fetch_add(1, Ordering::Relaxed);
@@ -993,9 +1012,6 @@ async fn refresher(manager: Arc<Manager>, entry: Arc<Entry>) {
                     .set_updates_failed
                     .fetch_add(1, Ordering::Relaxed);
                 warn!(sandbox = %entry.id, error = %e, "set refresh failed");
-                if let Some(applied) = sb.applied.as_mut() {
-                    applied.mark_spares_unknown();
-                }
                 sb.error = Some(e.to_string());
             }
         }

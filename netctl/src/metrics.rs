@@ -88,13 +88,13 @@ impl Metrics {
             (
                 "netctl_applies_total",
                 "counter",
-                "Full rule applies, by result.",
+                "Policy applies (PUT, PATCH, reconcile), by result.",
                 by_result(&self.applies_ok, &self.applies_failed),
             ),
             (
                 "netctl_apply_seconds_sum",
                 "counter",
-                "Time spent in full applies.",
+                "Time spent in policy applies.",
                 vec![(String::new(), get(&self.apply_micros_sum) / 1e6)],
             ),
             (
@@ -106,7 +106,7 @@ impl Metrics {
             (
                 "netctl_set_updates_total",
                 "counter",
-                "Set-only transactions after DNS changes, by result.",
+                "Applies after DNS answers changed a set, by result.",
                 by_result(&self.set_updates, &self.set_updates_failed),
             ),
             (

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use nftables::schema::Nftables;
 
 use crate::netns::{self, NetnsError};
-use crate::ruleset::{CHAIN_POLICY, COUNTER_ACCEPTED, COUNTER_REFUSED, TABLE};
+use crate::ruleset::{COUNTER_ACCEPTED, COUNTER_REFUSED, TABLE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
@@ -29,6 +29,9 @@ enum RunError {
     /// nft could not be run at all.
     Spawn(String),
 }
+
+/// How nft (libnftables' strerror(ENOENT)) says a table or chain is not there.
+const NFT_NOT_FOUND: &str = "No such file or directory";
 
 /// How to call nft.
 #[derive(Debug, Clone)]
@@ -142,9 +145,25 @@ impl Nft {
 
     /// Our policy chain as nft prints it in JSON (which sets its rules
     /// point at); `None` when our table is not there.
+    /// Only a missing table or chain counts as `None`: any other failure
+    /// would make us guess which copies are live.
     pub async fn list_policy_chain(&self, netns: &Path) -> Result<Option<String>, NftError> {
-        self.list(netns, &["-j", "list", "chain", "inet", TABLE, CHAIN_POLICY])
-            .await
+        // As a JSON command: nft's text grammar cannot name a chain called
+        // `policy` (a keyword).
+        let json =
+            serde_json::to_string(&crate::ruleset::list_policy()).map_err(|e| NftError::Nft {
+                netns: netns.to_path_buf(),
+                message: format!("serialise listing: {e}"),
+            })?;
+        let program = self.program.clone();
+        match netns::run_in(netns, move || run(&program, &["-j", "-f", "-"], Some(json))).await? {
+            Ok(out) => Ok(Some(out)),
+            Err(RunError::Failed(m)) if m.contains(NFT_NOT_FOUND) => Ok(None),
+            Err(RunError::Failed(message) | RunError::Spawn(message)) => Err(NftError::Nft {
+                netns: netns.to_path_buf(),
+                message,
+            }),
+        }
     }
 
     /// The table as nft prints it (text), for tests and `show --rules`;

@@ -50,7 +50,7 @@ const PRIO_FILTER: i32 = 0;
 
 const CHAIN_OUTPUT: &str = "output";
 const CHAIN_FORWARD: &str = "forward";
-pub const CHAIN_POLICY: &str = "policy";
+const CHAIN_POLICY: &str = "policy";
 const CHAIN_REFUSE: &str = "refuse";
 
 pub const COUNTER_ACCEPTED: &str = "accepted";
@@ -184,17 +184,17 @@ impl Slots {
 pub struct Applied {
     pub desired: Desired,
     pub slots: Slots,
-    /// Whether the copies no rule points at are known to be absent (a
-    /// completed switch deletes them). Only then may a stage skip flushing
-    /// them, and it should: a flush, even of nothing, makes the kernel wait
-    /// for a grace period (~15 ms here).
-    pub spares_absent: bool,
+    /// Whether the kernel is known to hold exactly this: rules pointing at
+    /// `slots` and no spare copies (a completed switch deletes them).
+    /// Cleared before every change and left cleared if it fails or its
+    /// request is dropped half-way, so the next change reads the kernel
+    /// instead of trusting a guess about which copy is live or empty.
+    pub trusted: bool,
 }
 
 impl Applied {
-    /// After a failed change: a stage may have left a filled spare copy.
-    pub fn mark_spares_unknown(&mut self) {
-        self.spares_absent = false;
+    pub fn distrust(&mut self) {
+        self.trusted = false;
     }
 }
 
@@ -214,35 +214,44 @@ pub struct Change {
     pub slots: Slots,
 }
 
-/// From a state we committed ourselves: only sets whose contents differ
-/// are restaged. The rules are always re-asserted, so the same state
-/// twice leaves a healthy table as it was (counters too) and puts back
-/// rules someone else changed.
+/// From a state we committed ourselves (`old.trusted`): only sets whose
+/// contents differ are restaged, into spare copies that must not exist yet
+/// (`create`, so a leftover fails the stage and the caller rebuilds rather
+/// than merging into it). The same state again restages every set: a repair
+/// if someone changed our table, and cheap, since creating a set waits for
+/// nothing.
 pub fn update(old: &Applied, new: &Desired) -> Change {
-    change(
-        old.slots,
-        !old.spares_absent,
-        new,
-        |kind: SetKind, v6: bool| {
-            let (before, after) = (old.desired.set(kind), new.set(kind));
-            if v6 {
-                before.v6 != after.v6
-            } else {
-                before.v4 != after.v4
-            }
-        },
-    )
+    let same = &old.desired == new;
+    change(old.slots, Spares::Absent, new, |kind: SetKind, v6: bool| {
+        let (before, after) = (old.desired.set(kind), new.set(kind));
+        same || if v6 {
+            before.v6 != after.v6
+        } else {
+            before.v4 != after.v4
+        }
+    })
 }
 
 /// From a state we do not know: every set is staged into the slot the
 /// rules in the kernel do not point at (`referenced`, read from there).
 pub fn rebuild(referenced: Slots, new: &Desired) -> Change {
-    change(referenced, true, new, |_, _| true)
+    change(referenced, Spares::Unknown, new, |_, _| true)
+}
+
+/// What may be in the copies a stage fills.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Spares {
+    /// Nothing: create them, failing if one exists. A flush would make the
+    /// kernel wait for a grace period (~15 ms here) even when empty.
+    Absent,
+    /// Leftovers of an interrupted change: flush them. Nothing points at
+    /// a spare copy, so that is safe.
+    Unknown,
 }
 
 fn change(
     current: Slots,
-    flush_spares: bool,
+    spares: Spares,
     desired: &Desired,
     restage: impl Fn(SetKind, bool) -> bool,
 ) -> Change {
@@ -257,12 +266,15 @@ fn change(
                     stage.add(NfListObject::Table(table()));
                     staged = true;
                 }
-                // Nothing points at this copy, so flushing leftovers of an
-                // interrupted change is safe.
                 let decl = set_decl(kind, v6, slots.get(kind, v6));
-                stage.add(NfListObject::Set(Box::new(decl.clone())));
-                if flush_spares {
-                    stage.add_cmd(NfCmd::Flush(FlushObject::Set(Box::new(decl))));
+                match spares {
+                    Spares::Absent => {
+                        stage.add_cmd(NfCmd::Create(NfListObject::Set(Box::new(decl))));
+                    }
+                    Spares::Unknown => {
+                        stage.add(NfListObject::Set(Box::new(decl.clone())));
+                        stage.add_cmd(NfCmd::Flush(FlushObject::Set(Box::new(decl))));
+                    }
                 }
                 add_elements(&mut stage, kind, v6, slots.get(kind, v6), desired.set(kind));
             }
@@ -336,19 +348,56 @@ fn switch(desired: &Desired, slots: Slots) -> Nftables<'static> {
     batch.to_nftables()
 }
 
-/// Which slot each set's rule points at, read from `nft -j list chain
-/// inet sbx_netctl policy`; sets no rule names count as slot 0.
-pub fn referenced(listing: &str) -> Slots {
+/// Which copy of each set the rules point at, from `nft -j list chain
+/// inet sbx_netctl policy` (the only chain that names sets). A set no rule
+/// names counts as slot 0. If both copies of one set are named, someone
+/// rewrote our rules and neither copy can be refilled without a packet
+/// seeing it change: that is an error, and the rules in force stay.
+pub fn referenced(listing: &str) -> Result<Slots, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(listing).map_err(|e| format!("nft listing: {e}"))?;
+    let mut named = HashSet::new();
+    collect_set_refs(&value, &mut named);
     let mut slots = Slots::default();
     for kind in SetKind::ALL {
         for v6 in [false, true] {
-            let one = format!("\"@{}\"", set_name(kind, v6, 1));
-            if listing.contains(&one) {
+            let [zero, one] =
+                [0, 1].map(|slot| named.contains(&format!("@{}", set_name(kind, v6, slot))));
+            if zero && one {
+                return Err(format!(
+                    "our policy chain names both {0}_0 and {0}_1: table inet {TABLE} was changed by someone else; delete it to let netctl rebuild it",
+                    kind.name(v6)
+                ));
+            }
+            if one {
                 slots = slots.flipped(kind, v6);
             }
         }
     }
-    slots
+    Ok(slots)
+}
+
+/// Set references are JSON strings starting with `@` in rule expressions;
+/// comments are never expressions, so only exact matches count.
+fn collect_set_refs(value: &serde_json::Value, out: &mut HashSet<String>) {
+    match value {
+        serde_json::Value::String(s) if s.starts_with('@') => {
+            out.insert(s.clone());
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_set_refs(v, out)),
+        serde_json::Value::Object(map) => map
+            .iter()
+            .filter(|(k, _)| k.as_str() != "comment")
+            .for_each(|(_, v)| collect_set_refs(v, out)),
+        _ => {}
+    }
+}
+
+/// The command that lists our policy chain (read by [`referenced`]).
+pub fn list_policy() -> Nftables<'static> {
+    let mut batch = Batch::new();
+    batch.add_cmd(NfCmd::List(NfListObject::Chain(chain(CHAIN_POLICY))));
+    batch.to_nftables()
 }
 
 /// Removes our table. Adding it first makes the delete succeed whether or
@@ -742,7 +791,7 @@ mod tests {
         let old = Applied {
             desired: desired(),
             slots: first.slots,
-            spares_absent: true,
+            trusted: true,
         };
         let mut new = old.desired.clone();
         new.deny = Prefixes::merge(&["192.0.2.0/24".parse().unwrap()]);
@@ -765,29 +814,42 @@ mod tests {
         assert_eq!(c.slots.get(SetKind::Allow, false), 1);
     }
 
+    fn commands(c: &Change, verb: &str) -> usize {
+        c.stage.as_ref().map_or(0, |n| {
+            json(n)["nftables"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|c| c.get(verb).is_some())
+                .count()
+        })
+    }
+
     #[test]
-    fn spares_are_flushed_only_when_they_may_hold_leftovers() {
-        let flushes = |c: &Change| {
-            c.stage.as_ref().map_or(0, |n| {
-                json(n)["nftables"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .filter(|c| c.get("flush").is_some())
-                    .count()
-            })
-        };
-        let mut old = Applied {
+    fn trusted_spares_are_created_unknown_ones_flushed() {
+        let old = Applied {
             desired: desired(),
             slots: fresh(&desired()).slots,
-            spares_absent: true,
+            trusted: true,
         };
         let mut new = old.desired.clone();
         new.deny = Prefixes::merge(&["192.0.2.0/24".parse().unwrap()]);
-        assert_eq!(flushes(&update(&old, &new)), 0);
-        old.mark_spares_unknown();
-        assert_eq!(flushes(&update(&old, &new)), 1);
-        assert_eq!(flushes(&fresh(&new)), 8);
+        let c = update(&old, &new);
+        assert_eq!((commands(&c, "create"), commands(&c, "flush")), (1, 0));
+        let c = fresh(&new);
+        assert_eq!((commands(&c, "create"), commands(&c, "flush")), (0, 8));
+    }
+
+    #[test]
+    fn the_same_state_again_restages_everything() {
+        let old = Applied {
+            desired: desired(),
+            slots: fresh(&desired()).slots,
+            trusted: true,
+        };
+        let c = update(&old, &desired());
+        assert_eq!(commands(&c, "create"), 8);
+        assert_ne!(c.slots, old.slots);
     }
 
     #[test]
@@ -796,7 +858,7 @@ mod tests {
         let old = Applied {
             desired: desired(),
             slots: first.slots,
-            spares_absent: true,
+            trusted: true,
         };
         let mut new = old.desired.clone();
         new.allow_internet_access = false;
@@ -815,7 +877,7 @@ mod tests {
                 &Applied {
                     desired: desired(),
                     slots: Slots::default(),
-                    spares_absent: true,
+                    trusted: true,
                 },
                 &d,
             ),
@@ -836,13 +898,28 @@ mod tests {
         let listing = r#"{"nftables": [{"rule": {"expr": [{"match": {"op": "==",
             "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "@deny4_1"}},
             {"goto": {"target": "refuse"}}]}}]}"#;
-        let slots = referenced(listing);
+        let slots = referenced(listing).unwrap();
         assert_eq!(slots.get(SetKind::Deny, false), 1);
         assert_eq!(slots.get(SetKind::Deny, true), 0);
         assert_eq!(
             rebuild(slots, &desired()).slots.get(SetKind::Deny, false),
             0
         );
+        // A comment naming a set is not a reference.
+        let commented = listing.replace(
+            r#""right": "@deny4_1""#,
+            r#""right": "@deny4_0", "comment": "@deny4_1""#,
+        );
+        assert_eq!(referenced(&commented).unwrap().get(SetKind::Deny, false), 0);
+        // Both copies named: someone rewrote our rules.
+        let both = listing.replace(
+            r#"{"goto": {"target": "refuse"}}"#,
+            r#"{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "@deny4_0"}}"#,
+        );
+        assert!(referenced(&both)
+            .unwrap_err()
+            .contains("deny4_0 and deny4_1"));
+        assert!(referenced("not json").is_err());
     }
 
     #[test]

@@ -76,6 +76,9 @@ pub struct Manager {
     store: Store,
     setup: Setup,
     sandboxes: StdMutex<HashMap<String, Arc<Entry>>>,
+    /// The namespace path each sandbox's rules live in, to refuse a second
+    /// sandbox in the same namespace (both would own one table).
+    targets: StdMutex<HashMap<String, PathBuf>>,
     pub metrics: Metrics,
 }
 
@@ -107,6 +110,7 @@ impl Manager {
             store,
             config,
             sandboxes: StdMutex::new(HashMap::new()),
+            targets: StdMutex::new(HashMap::new()),
             metrics: Metrics::default(),
         }))
     }
@@ -156,8 +160,40 @@ impl Manager {
         let mut map = self.sandboxes.lock().unwrap_or_else(|p| p.into_inner());
         if map.get(id).is_some_and(|e| Arc::ptr_eq(e, entry)) {
             map.remove(id);
+            self.set_target(id, None);
         }
         entry.wake.notify_one();
+    }
+
+    /// Records `netns` as `id`'s, unless another sandbox's rules live in
+    /// that namespace (compared by inode, so a name and a /proc path of
+    /// one namespace match, and a namespace that is gone matches nothing).
+    /// Returns what `id` had before, for [`Self::set_target`] on failure.
+    fn claim(&self, id: &str, netns: &Path) -> Result<Option<PathBuf>, ApiError> {
+        let mut map = self.targets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((other, _)) = map
+            .iter()
+            .find(|(other, path)| other.as_str() != id && same_file(path, netns))
+        {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "network namespace {} already holds the rules of sandbox {other}",
+                    netns.display()
+                ),
+            ));
+        }
+        Ok(map.insert(id.to_owned(), netns.to_path_buf()))
+    }
+
+    /// Records `id`'s namespace without checks (`None`: forgets it); also
+    /// puts back what `id` had before a failed claim.
+    fn set_target(&self, id: &str, previous: Option<PathBuf>) {
+        let mut map = self.targets.lock().unwrap_or_else(|p| p.into_inner());
+        match previous {
+            Some(path) => map.insert(id.to_owned(), path),
+            None => map.remove(id),
+        };
     }
 
     /// `PUT /v1/sandboxes/{id}`.
@@ -262,6 +298,25 @@ impl Manager {
                 ));
             }
         }
+        let previous_target = self.claim(&entry.id, &netns)?;
+        let result = self
+            .set_claimed(entry, sb, spec, policy, netns, setup)
+            .await;
+        if result.is_err() {
+            self.set_target(&entry.id, previous_target);
+        }
+        result
+    }
+
+    async fn set_claimed(
+        &self,
+        entry: &Entry,
+        sb: &mut Sandbox,
+        spec: SandboxSpec,
+        policy: Option<ValidPolicy>,
+        netns: PathBuf,
+        setup: Option<SavedSetup>,
+    ) -> Result<(), ApiError> {
         let wanted: Vec<String> = policy
             .as_ref()
             .map(ValidPolicy::domains)
@@ -795,6 +850,9 @@ impl Manager {
             }
         }
         let (entry, _) = self.entry_or_insert(&saved.id, &saved.spec);
+        if let Ok(path) = target(&saved.spec, saved.setup.as_ref()) {
+            self.set_target(&saved.id, Some(path));
+        }
         let mut sb = entry.state.lock().await;
         sb.spec = saved.spec.clone();
         sb.policy = policy.clone();

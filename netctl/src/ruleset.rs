@@ -10,6 +10,7 @@
 //!   chain policy:
 //!     oif lo accept                                  own loopback
 //!     icmpv6 neighbour discovery, hop limit 255      IPv6 keeps working
+//!     icmpv6 MLDv2 report to ff02::16, hop limit 1   no refused-counter noise
 //!     ct state established,related ct direction reply accept
 //!     ip/ip6 daddr @always4/6   goto refuse
 //!     udp/tcp dport 53 to @dns4/6 accept             only if allow_out names a domain
@@ -60,6 +61,10 @@ const DNS_PORT: u32 = 53;
 /// Neighbour discovery is only valid with hop limit 255 (RFC 4861), which
 /// also proves it never left the link.
 const ND_HOP_LIMIT: u32 = 255;
+/// MLD messages never leave the link (RFC 3810 section 5).
+const MLD_HOP_LIMIT: u32 = 1;
+/// Where MLDv2 reports go: all MLDv2-capable routers.
+const MLD2_ROUTERS: &str = "ff02::16";
 
 /// Which address families a set holds, and under which name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -464,6 +469,28 @@ fn policy_rules(desired: &Desired, slots: Slots) -> Vec<Vec<Statement<'static>>>
                 op: Operator::EQ,
             }),
             eq(payload("ip6", "hoplimit"), Expression::Number(ND_HOP_LIMIT)),
+            accept(),
+        ],
+        // The kernel reports multicast groups whenever an address is
+        // added; refusing those reports only inflates the refused counter.
+        // Hop limit 1 and the all-MLDv2-routers group keep them on the link.
+        vec![
+            eq(
+                meta(MetaKey::L4proto),
+                Expression::String("ipv6-icmp".into()),
+            ),
+            eq(
+                payload("icmpv6", "type"),
+                Expression::String("mld2-listener-report".into()),
+            ),
+            eq(
+                payload("ip6", "hoplimit"),
+                Expression::Number(MLD_HOP_LIMIT),
+            ),
+            eq(
+                payload("ip6", "daddr"),
+                Expression::String(MLD2_ROUTERS.into()),
+            ),
             accept(),
         ],
         vec![

@@ -50,6 +50,31 @@ fn no_internet_and_nothing_allowed_refuses_everything_fast_including_dns() {
     assert_eq!(outcome, Outcome::Ok);
 }
 
+/// Adding an address makes the kernel send MLDv2 reports (twice, within
+/// about a second); they stay on the link and are not counted as refused.
+#[test]
+fn multicast_listener_reports_are_not_refused() {
+    if !require_netns() {
+        return;
+    }
+    let w = World::new();
+    w.put_ok("sb", r#"{"allow_internet_access": false}"#);
+    let refused = || {
+        let view = w.api().call("GET", "/v1/sandboxes/sb", None).json();
+        view["counters"]["refused"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no counters: {view}"))
+    };
+    let before = refused();
+    let out = w.sandbox.sh(
+        "dev=$(ip -o link show | awk -F': ' '$2 ~ /^va/ {print $2}' | cut -d@ -f1) && \
+         ip addr add 2001:db8:1::77/64 dev \"$dev\" nodad",
+    );
+    assert!(out.status.success(), "{out:?}");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(refused(), before, "MLD reports were refused");
+}
+
 #[test]
 fn allowlist_with_addresses_cidrs_and_names() {
     if !require_netns() {

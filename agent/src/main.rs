@@ -5,7 +5,6 @@ mod auth;
 mod config;
 mod error;
 mod files;
-mod notify;
 mod process;
 mod pty;
 mod routes;
@@ -20,6 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser as _;
+use sbx_service::{notify, StopSignals};
 use tokio::sync::watch;
 
 use crate::auth::Authenticator;
@@ -94,8 +94,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
         bearer = config.bearer_token.is_some(),
         "sbx-agent ready"
     );
-    // Watched before READY=1: a stop requested right after start must not
-    // kill the agent with the default SIGTERM action.
     let stop = StopSignals::watch()?;
     // Scripts and tests learn an ephemeral port from this line.
     println!("sbx-agent listening on {local}");
@@ -120,27 +118,4 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-/// SIGTERM and SIGINT, watched from the moment this exists.
-struct StopSignals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-}
-
-impl StopSignals {
-    fn watch() -> anyhow::Result<Self> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(Self {
-            term: signal(SignalKind::terminate()).context("watch SIGTERM")?,
-            int: signal(SignalKind::interrupt()).context("watch SIGINT")?,
-        })
-    }
-
-    async fn wait(mut self) {
-        tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
-        }
-    }
 }

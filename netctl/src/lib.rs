@@ -11,7 +11,6 @@ pub mod manager;
 pub mod metrics;
 pub mod netns;
 pub mod nft;
-pub mod notify;
 pub mod ruleset;
 pub mod serve;
 pub mod setup;

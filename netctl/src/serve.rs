@@ -8,6 +8,8 @@ use anyhow::Context;
 use tokio::net::UnixListener;
 use tracing::info;
 
+use sbx_service::{notify, StopSignals};
+
 use crate::config::Config;
 use crate::manager::Manager;
 
@@ -21,16 +23,18 @@ pub async fn serve(config_path: &Path, socket: &Path, state_dir: &Path) -> anyho
         .context("reconcile saved sandboxes")?;
 
     let listener = bind(socket)?;
-    // Watched before READY=1: a stop requested right after start must not
-    // kill the daemon with the default SIGTERM action.
     let stop = StopSignals::watch()?;
     info!(socket = %socket.display(), "listening");
     // Tests and service managers wait for this line.
     println!("netctl listening on {}", socket.display());
-    crate::notify::ready();
+    notify::ready();
     let app = crate::api::router(manager);
     axum::serve(listener, app)
-        .with_graceful_shutdown(stop.wait())
+        .with_graceful_shutdown(async move {
+            stop.wait().await;
+            info!("shutting down; rules stay in force");
+            notify::stopping();
+        })
         .await
         .context("serve")?;
     info!("stopped");
@@ -68,29 +72,4 @@ fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
 
 fn unsafe_umask(mask: u32) -> u32 {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask)).bits()
-}
-
-/// SIGTERM and SIGINT, watched from the moment this exists.
-struct StopSignals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-}
-
-impl StopSignals {
-    fn watch() -> anyhow::Result<Self> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(Self {
-            term: signal(SignalKind::terminate()).context("watch SIGTERM")?,
-            int: signal(SignalKind::interrupt()).context("watch SIGINT")?,
-        })
-    }
-
-    async fn wait(mut self) {
-        tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
-        }
-        info!("shutting down; rules stay in force");
-        crate::notify::stopping();
-    }
 }

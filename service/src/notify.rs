@@ -1,8 +1,9 @@
 //! Readiness and shutdown notices to the service manager (sd_notify(3)).
 //!
-//! With `Type=notify`, systemd considers the daemon started only once it says
-//! `READY=1`, so units ordered after netctl.service (sandbox runtimes) never
-//! talk to a socket that is not there yet. The protocol is one datagram to
+//! With `Type=notify`, systemd considers a daemon started only once it says
+//! `READY=1`, so units ordered after it (sandbox runtimes after netctl, image
+//! health checks after sbx-agent) never talk to a socket that is not there
+//! yet. The protocol is one datagram to
 //! the unix socket named by `$NOTIFY_SOCKET`; doing it here keeps libsystemd
 //! (and unsafe FFI) out of the daemon. Without `$NOTIFY_SOCKET` (not started
 //! by systemd, or a test) every call is a no-op.
@@ -112,7 +113,7 @@ mod tests {
 
     #[test]
     fn sends_to_a_path_socket() {
-        let dir = std::env::temp_dir().join(format!("netctl-notify-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("sbx-service-notify-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("notify.sock");
         let _ = std::fs::remove_file(&path);
@@ -126,7 +127,7 @@ mod tests {
     #[test]
     fn sends_to_an_abstract_socket() {
         use std::os::linux::net::SocketAddrExt;
-        let name = format!("netctl-notify-test-{}", std::process::id());
+        let name = format!("sbx-service-notify-test-{}", std::process::id());
         let addr = SocketAddr::from_abstract_name(name.as_bytes()).expect("addr");
         let listener = UnixDatagram::bind_addr(&addr).expect("bind");
         send_to(OsStr::new(&format!("@{name}")), "STOPPING=1").expect("send");
@@ -148,7 +149,8 @@ mod tests {
 
     #[test]
     fn a_missing_listener_is_an_error_not_a_panic() {
-        let path = std::env::temp_dir().join(format!("netctl-notify-none-{}", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("sbx-service-notify-none-{}", std::process::id()));
         assert!(matches!(
             send_to(path.as_os_str(), "READY=1"),
             Err(NotifyError::Send { .. })

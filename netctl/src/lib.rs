@@ -11,6 +11,7 @@ pub mod manager;
 pub mod metrics;
 pub mod netns;
 pub mod nft;
+pub mod nft_schema;
 pub mod ruleset;
 pub mod serve;
 pub mod setup;

@@ -33,19 +33,17 @@ use std::collections::HashSet;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use nftables::batch::Batch;
-use nftables::expr::{
-    CTDir, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, SetItem, CT,
-};
+
+use crate::nft_schema::{self, eq, meta, payload, prefix, FAMILY};
+use nftables::expr::{CTDir, Expression, MetaKey, NamedExpression, SetItem, CT};
 use nftables::schema::{
-    Chain, Counter, FlushObject, NfCmd, NfListObject, Nftables, Rule, Set, SetFlag, SetType,
-    SetTypeValue, Table,
+    Counter, FlushObject, NfCmd, NfListObject, Nftables, Set, SetFlag, SetType, SetTypeValue,
 };
 use nftables::stmt::{self, JumpTarget, Match, Operator, Reject, RejectType, Statement};
-use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook, RejectCode};
+use nftables::types::{NfChainType, NfHook, RejectCode};
 
 /// Our table's name in every sandbox netns.
 pub const TABLE: &str = "sbx_netctl";
-const FAMILY: NfFamily = NfFamily::INet;
 /// `priority filter` as a number.
 const PRIO_FILTER: i32 = 0;
 
@@ -268,7 +266,7 @@ fn change(
             if restage(kind, v6) {
                 slots = slots.flipped(kind, v6);
                 if !staged {
-                    stage.add(NfListObject::Table(table()));
+                    stage.add(NfListObject::Table(nft_schema::table(TABLE)));
                     staged = true;
                 }
                 let decl = set_decl(kind, v6, slots.get(kind, v6));
@@ -298,7 +296,7 @@ fn change(
 /// matching against an empty set.
 fn switch(desired: &Desired, slots: Slots) -> Nftables<'static> {
     let mut batch = Batch::new();
-    batch.add(NfListObject::Table(table()));
+    batch.add(NfListObject::Table(nft_schema::table(TABLE)));
     for name in [COUNTER_ACCEPTED, COUNTER_REFUSED] {
         batch.add(NfListObject::Counter(Counter {
             family: FAMILY,
@@ -309,22 +307,33 @@ fn switch(desired: &Desired, slots: Slots) -> Nftables<'static> {
             bytes: None,
         }));
     }
-    batch.add(NfListObject::Chain(base_chain(
-        CHAIN_OUTPUT,
-        NfHook::Output,
-    )));
-    batch.add(NfListObject::Chain(base_chain(
-        CHAIN_FORWARD,
-        NfHook::Forward,
-    )));
-    batch.add(NfListObject::Chain(chain(CHAIN_POLICY)));
-    batch.add(NfListObject::Chain(chain(CHAIN_REFUSE)));
-    for name in [CHAIN_OUTPUT, CHAIN_FORWARD, CHAIN_POLICY, CHAIN_REFUSE] {
-        batch.add_cmd(NfCmd::Flush(FlushObject::Chain(chain(name))));
+    for (name, hook) in [
+        (CHAIN_OUTPUT, NfHook::Output),
+        (CHAIN_FORWARD, NfHook::Forward),
+    ] {
+        batch.add(NfListObject::Chain(nft_schema::base_chain(
+            TABLE,
+            name,
+            hook,
+            NfChainType::Filter,
+            PRIO_FILTER,
+        )));
     }
-    batch.add(rule(CHAIN_OUTPUT, vec![jump(CHAIN_POLICY)]));
+    batch.add(NfListObject::Chain(nft_schema::chain(TABLE, CHAIN_POLICY)));
+    batch.add(NfListObject::Chain(nft_schema::chain(TABLE, CHAIN_REFUSE)));
+    for name in [CHAIN_OUTPUT, CHAIN_FORWARD, CHAIN_POLICY, CHAIN_REFUSE] {
+        batch.add_cmd(NfCmd::Flush(FlushObject::Chain(nft_schema::chain(
+            TABLE, name,
+        ))));
+    }
+    batch.add(nft_schema::rule(
+        TABLE,
+        CHAIN_OUTPUT,
+        vec![jump(CHAIN_POLICY)],
+    ));
     if let Some(iface) = &desired.iface {
-        batch.add(rule(
+        batch.add(nft_schema::rule(
+            TABLE,
             CHAIN_FORWARD,
             vec![
                 eq(
@@ -336,10 +345,10 @@ fn switch(desired: &Desired, slots: Slots) -> Nftables<'static> {
         ));
     }
     for r in policy_rules(desired, slots) {
-        batch.add(rule(CHAIN_POLICY, r));
+        batch.add(nft_schema::rule(TABLE, CHAIN_POLICY, r));
     }
     for r in refuse_rules(desired.refusal) {
-        batch.add(rule(CHAIN_REFUSE, r));
+        batch.add(nft_schema::rule(TABLE, CHAIN_REFUSE, r));
     }
     // The copies no rule points at any more (adding first makes the delete
     // succeed whether or not the copy is there).
@@ -401,17 +410,17 @@ fn collect_set_refs(value: &serde_json::Value, out: &mut HashSet<String>) {
 /// The command that lists our policy chain (read by [`referenced`]).
 pub fn list_policy() -> Nftables<'static> {
     let mut batch = Batch::new();
-    batch.add_cmd(NfCmd::List(NfListObject::Chain(chain(CHAIN_POLICY))));
+    batch.add_cmd(NfCmd::List(NfListObject::Chain(nft_schema::chain(
+        TABLE,
+        CHAIN_POLICY,
+    ))));
     batch.to_nftables()
 }
 
 /// Removes our table. Adding it first makes the delete succeed whether or
 /// not the table is there, in one transaction.
 pub fn remove() -> Nftables<'static> {
-    let mut batch = Batch::new();
-    batch.add(NfListObject::Table(table()));
-    batch.delete(NfListObject::Table(table()));
-    batch.to_nftables()
+    nft_schema::remove_table(TABLE)
 }
 
 fn set_name(kind: SetKind, v6: bool, slot: u8) -> String {
@@ -426,17 +435,9 @@ fn add_elements(
     prefixes: &Prefixes,
 ) {
     let elems: Vec<Expression<'static>> = if v6 {
-        prefixes
-            .v6
-            .iter()
-            .map(|n| prefix_expr(IpNet::V6(*n)))
-            .collect()
+        prefixes.v6.iter().map(|n| prefix(IpNet::V6(*n))).collect()
     } else {
-        prefixes
-            .v4
-            .iter()
-            .map(|n| prefix_expr(IpNet::V4(*n)))
-            .collect()
+        prefixes.v4.iter().map(|n| prefix(IpNet::V4(*n))).collect()
     };
     if !elems.is_empty() {
         batch.add(NfListObject::Element(nftables::schema::Element {
@@ -559,33 +560,6 @@ fn refuse_rules(refusal: Refusal) -> Vec<Vec<Statement<'static>>> {
     }
 }
 
-fn table() -> Table<'static> {
-    Table {
-        family: FAMILY,
-        name: TABLE.into(),
-        handle: None,
-    }
-}
-
-fn chain(name: &'static str) -> Chain<'static> {
-    Chain {
-        family: FAMILY,
-        table: TABLE.into(),
-        name: name.into(),
-        ..Chain::default()
-    }
-}
-
-fn base_chain(name: &'static str, hook: NfHook) -> Chain<'static> {
-    Chain {
-        _type: Some(NfChainType::Filter),
-        hook: Some(hook),
-        prio: Some(PRIO_FILTER),
-        policy: Some(NfChainPolicy::Accept),
-        ..chain(name)
-    }
-}
-
 fn set_decl(kind: SetKind, v6: bool, slot: u8) -> Set<'static> {
     Set {
         family: FAMILY,
@@ -601,57 +575,12 @@ fn set_decl(kind: SetKind, v6: bool, slot: u8) -> Set<'static> {
     }
 }
 
-fn rule(chain: &'static str, expr: Vec<Statement<'static>>) -> NfListObject<'static> {
-    NfListObject::Rule(Rule {
-        family: FAMILY,
-        table: TABLE.into(),
-        chain: chain.into(),
-        expr: Cow::Owned(expr),
-        handle: None,
-        index: None,
-        comment: None,
-    })
-}
-
-fn prefix_expr(net: IpNet) -> Expression<'static> {
-    let addr = Expression::String(net.addr().to_string().into());
-    if net.prefix_len() == net.max_prefix_len() {
-        addr
-    } else {
-        Expression::Named(NamedExpression::Prefix(Prefix {
-            addr: Box::new(addr),
-            len: u32::from(net.prefix_len()),
-        }))
-    }
-}
-
-fn meta(key: MetaKey) -> Expression<'static> {
-    Expression::Named(NamedExpression::Meta(Meta { key }))
-}
-
-fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
-    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
-        PayloadField {
-            protocol: protocol.into(),
-            field: field.into(),
-        },
-    )))
-}
-
 fn ct(key: &'static str, dir: Option<CTDir>) -> Expression<'static> {
     Expression::Named(NamedExpression::CT(CT {
         key: key.into(),
         family: None,
         dir,
     }))
-}
-
-fn eq(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
-    Statement::Match(Match {
-        left,
-        right,
-        op: Operator::EQ,
-    })
 }
 
 fn daddr_in(kind: SetKind, v6: bool, slots: Slots) -> Statement<'static> {

@@ -13,19 +13,17 @@
 //! Built from the nftables crate's typed schema; the prefix and uplink come
 //! from the validated config, never from a request.
 
-use std::borrow::Cow;
-
 use ipnet::IpNet;
 use nftables::batch::Batch;
-use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix};
-use nftables::schema::{Chain, NfListObject, Nftables, Rule, Table};
-use nftables::stmt::{Match, Operator, Statement};
-use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+use nftables::expr::{Expression, MetaKey};
+use nftables::schema::{NfListObject, Nftables};
+use nftables::stmt::Statement;
+use nftables::types::{NfChainType, NfHook};
 
 use super::plan::Layout;
+use crate::nft_schema::{self, eq, meta, payload, prefix};
 
 pub const TABLE: &str = "sbx_netctl_host";
-const FAMILY: NfFamily = NfFamily::INet;
 const CHAIN_FORWARD: &str = "forward";
 const CHAIN_POSTROUTING: &str = "postrouting";
 /// `priority filter` and `priority srcnat` as numbers.
@@ -37,17 +35,20 @@ const PRIO_SRCNAT: i32 = 100;
 /// is exactly this config's table however the previous one looked.
 pub fn full(layout: &Layout) -> Nftables<'static> {
     let mut batch = Batch::new();
-    batch.add(NfListObject::Table(table()));
-    batch.delete(NfListObject::Table(table()));
-    batch.add(NfListObject::Table(table()));
-    batch.add(NfListObject::Chain(base_chain(
+    let table = || NfListObject::Table(nft_schema::table(TABLE));
+    batch.add(table());
+    batch.delete(table());
+    batch.add(table());
+    batch.add(NfListObject::Chain(nft_schema::base_chain(
+        TABLE,
         CHAIN_FORWARD,
         NfHook::Forward,
         NfChainType::Filter,
         PRIO_FILTER,
     )));
     let wildcard = format!("{}*", layout.host_iface_prefix);
-    batch.add(rule(
+    batch.add(nft_schema::rule(
+        TABLE,
         CHAIN_FORWARD,
         vec![
             eq(
@@ -59,7 +60,8 @@ pub fn full(layout: &Layout) -> Nftables<'static> {
         ],
     ));
     if let Some(uplink) = &layout.uplink {
-        batch.add(NfListObject::Chain(base_chain(
+        batch.add(NfListObject::Chain(nft_schema::base_chain(
+            TABLE,
             CHAIN_POSTROUTING,
             NfHook::Postrouting,
             NfChainType::NAT,
@@ -73,14 +75,15 @@ pub fn full(layout: &Layout) -> Nftables<'static> {
             } else {
                 "ip6"
             };
-            batch.add(rule(
+            batch.add(nft_schema::rule(
+                TABLE,
                 CHAIN_POSTROUTING,
                 vec![
                     eq(
                         meta(MetaKey::Oifname),
                         Expression::String(uplink.clone().into()),
                     ),
-                    eq(payload(proto, "saddr"), prefix(pool)),
+                    eq(payload(proto, "saddr"), prefix(pool.trunc())),
                     Statement::Masquerade(None),
                 ],
             ));
@@ -91,77 +94,7 @@ pub fn full(layout: &Layout) -> Nftables<'static> {
 
 /// Removes the table whether or not it is there, in one transaction.
 pub fn remove() -> Nftables<'static> {
-    let mut batch = Batch::new();
-    batch.add(NfListObject::Table(table()));
-    batch.delete(NfListObject::Table(table()));
-    batch.to_nftables()
-}
-
-fn table() -> Table<'static> {
-    Table {
-        family: FAMILY,
-        name: TABLE.into(),
-        handle: None,
-    }
-}
-
-fn chain(name: &'static str) -> Chain<'static> {
-    Chain {
-        family: FAMILY,
-        table: TABLE.into(),
-        name: name.into(),
-        ..Chain::default()
-    }
-}
-
-fn base_chain(name: &'static str, hook: NfHook, kind: NfChainType, prio: i32) -> Chain<'static> {
-    Chain {
-        _type: Some(kind),
-        hook: Some(hook),
-        prio: Some(prio),
-        policy: Some(NfChainPolicy::Accept),
-        ..chain(name)
-    }
-}
-
-fn rule(chain: &'static str, expr: Vec<Statement<'static>>) -> NfListObject<'static> {
-    NfListObject::Rule(Rule {
-        family: FAMILY,
-        table: TABLE.into(),
-        chain: chain.into(),
-        expr: Cow::Owned(expr),
-        handle: None,
-        index: None,
-        comment: None,
-    })
-}
-
-fn meta(key: MetaKey) -> Expression<'static> {
-    Expression::Named(NamedExpression::Meta(Meta { key }))
-}
-
-fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
-    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
-        PayloadField {
-            protocol: protocol.into(),
-            field: field.into(),
-        },
-    )))
-}
-
-fn prefix(net: IpNet) -> Expression<'static> {
-    Expression::Named(NamedExpression::Prefix(Prefix {
-        addr: Box::new(Expression::String(net.network().to_string().into())),
-        len: u32::from(net.prefix_len()),
-    }))
-}
-
-fn eq(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
-    Statement::Match(Match {
-        left,
-        right,
-        op: Operator::EQ,
-    })
+    nft_schema::remove_table(TABLE)
 }
 
 #[cfg(test)]

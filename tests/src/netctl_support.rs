@@ -543,15 +543,20 @@ impl Default for World {
     }
 }
 
-/// The netctl daemon, in a namespace, killed by PID on drop.
+/// The netctl daemon inside the host namespace, killed by PID on drop.
+/// Entered with `nsenter --net` rather than `ip netns exec`, so it shares
+/// our mount namespace: the namespaces it creates under /run/netns must be
+/// visible to the test.
 pub struct Daemon {
     pub child: ChildGuard,
 }
 
 impl Daemon {
     pub fn start(host: &Netns, socket: &Path, config: &Path, state_dir: &Path) -> Self {
-        let mut cmd = host.command(bin("netctl").to_str().expect("utf-8 path"));
-        cmd.arg("--socket")
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", host.path()))
+            .arg(bin("netctl"))
+            .arg("--socket")
             .arg(socket)
             .arg("serve")
             .arg("--config")
@@ -569,7 +574,9 @@ impl Daemon {
         {
             cmd.stderr(log);
         }
-        let mut child = ChildGuard::spawn("netctl serve", &mut cmd);
+        // nsenter execs netctl in place (no fork for --net), so this PID is
+        // netctl's own and a SIGKILL reaches the daemon itself.
+        let mut child = ChildGuard::spawn("nsenter netctl serve", &mut cmd);
         child.wait_for_stdout_line("listening", Duration::from_secs(30));
         Self { child }
     }

@@ -25,10 +25,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::bins::bin;
-use crate::netctl_support::{dns_query, in_netns, EchoServer, Response};
+use crate::netctl_support::{dns_query, in_netns, Daemon, EchoServer, Response};
 use crate::netns::{link, Netns};
-use crate::process::{piped, ChildGuard};
+use crate::process::ChildGuard;
 
 pub use crate::netctl_support::{
     probe_tcp, NsThread, Outcome, DNS_V4, PORT, V4_A, V4_B, V4_C, V6_A,
@@ -65,7 +64,7 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 /// daemon first, then whatever namespaces it left, then the servers, then
 /// the test's own namespaces.
 pub struct SetupWorld {
-    pub daemon: Option<HostDaemon>,
+    pub daemon: Option<Daemon>,
     _leftovers: PrefixCleanup,
     _dns: ChildGuard,
     _echo: EchoServer,
@@ -139,7 +138,7 @@ impl SetupWorld {
     /// Starts (or restarts, with the same state) netctl in the host.
     pub fn start_daemon(&mut self) {
         self.daemon = None;
-        self.daemon = Some(HostDaemon::start(
+        self.daemon = Some(Daemon::start(
             &self.host,
             &self.socket(),
             &self.dir.path().join("config.toml"),
@@ -360,42 +359,6 @@ pub fn slot_v6(slot: u32) -> (String, String) {
         std::net::Ipv6Addr::from(net | 2).to_string(),
         std::net::Ipv6Addr::from(net | 1).to_string(),
     )
-}
-
-/// The netctl daemon inside the host namespace (via `nsenter --net`, so it
-/// shares our mount namespace), killed by PID on drop.
-pub struct HostDaemon {
-    pub child: ChildGuard,
-}
-
-impl HostDaemon {
-    pub fn start(host: &Netns, socket: &Path, config: &Path, state_dir: &Path) -> Self {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", host.path()))
-            .arg(bin("netctl"))
-            .arg("--socket")
-            .arg(socket)
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
-            .arg("--state-dir")
-            .arg(state_dir)
-            .env("NETCTL_LOG", "netctl=debug");
-        piped(&mut cmd);
-        let log_path = state_dir.with_file_name("netctl.log");
-        if let Ok(log) = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-        {
-            cmd.stderr(log);
-        }
-        // nsenter execs netctl in place (no fork for --net), so this PID is
-        // netctl's own and a SIGKILL reaches the daemon itself.
-        let mut child = ChildGuard::spawn("nsenter netctl serve", &mut cmd);
-        child.wait_for_stdout_line("listening", Duration::from_secs(30));
-        Self { child }
-    }
 }
 
 /// Removes every namespace under /run/netns whose name carries the test's

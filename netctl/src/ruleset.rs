@@ -656,6 +656,15 @@ mod tests {
         rebuild(Slots::default(), d)
     }
 
+    /// What a first apply of `desired()` leaves.
+    fn applied_fresh() -> Applied {
+        Applied {
+            desired: desired(),
+            slots: fresh(&desired()).slots,
+            trusted: true,
+        }
+    }
+
     fn json(n: &Nftables) -> serde_json::Value {
         serde_json::to_value(n).unwrap()
     }
@@ -743,12 +752,7 @@ mod tests {
 
     #[test]
     fn only_changed_sets_are_restaged_into_the_other_slot() {
-        let first = fresh(&desired());
-        let old = Applied {
-            desired: desired(),
-            slots: first.slots,
-            trusted: true,
-        };
+        let old = applied_fresh();
         let mut new = old.desired.clone();
         new.deny = Prefixes::merge(&["192.0.2.0/24".parse().unwrap()]);
         let c = update(&old, &new);
@@ -783,11 +787,7 @@ mod tests {
 
     #[test]
     fn trusted_spares_are_created_unknown_ones_flushed() {
-        let old = Applied {
-            desired: desired(),
-            slots: fresh(&desired()).slots,
-            trusted: true,
-        };
+        let old = applied_fresh();
         let mut new = old.desired.clone();
         new.deny = Prefixes::merge(&["192.0.2.0/24".parse().unwrap()]);
         let c = update(&old, &new);
@@ -798,11 +798,7 @@ mod tests {
 
     #[test]
     fn the_same_state_again_restages_everything() {
-        let old = Applied {
-            desired: desired(),
-            slots: fresh(&desired()).slots,
-            trusted: true,
-        };
+        let old = applied_fresh();
         let c = update(&old, &desired());
         assert_eq!(commands(&c, "create"), 8);
         assert_ne!(c.slots, old.slots);
@@ -810,12 +806,7 @@ mod tests {
 
     #[test]
     fn rules_only_change_stages_nothing() {
-        let first = fresh(&desired());
-        let old = Applied {
-            desired: desired(),
-            slots: first.slots,
-            trusted: true,
-        };
+        let old = applied_fresh();
         let mut new = old.desired.clone();
         new.allow_internet_access = false;
         let c = update(&old, &new);

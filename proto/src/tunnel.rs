@@ -9,6 +9,16 @@
 /// Path of the TCP tunnel endpoint.
 pub const TUNNEL_PATH: &str = "/api/v1/tunnels/tcp";
 
+/// Path of the raw byte-stream tunnel: an HTTP/1.1 upgrade to
+/// [`RAW_TUNNEL_PROTOCOL`] after which the connection carries the TCP bytes
+/// of `127.0.0.1:N` with no framing at all. The sandbox proxy uses it for
+/// user ports: it has the same auth, port rules and limits as the WebSocket
+/// tunnel, but costs no per-frame work (see `proxy/README.md`).
+pub const RAW_TUNNEL_PATH: &str = "/api/v1/tunnels/raw";
+
+/// The `Upgrade` token of the raw tunnel.
+pub const RAW_TUNNEL_PROTOCOL: &str = "sbx-tcp";
+
 /// Query parameter naming the port inside the sandbox.
 pub const PORT_PARAM: &str = "port";
 

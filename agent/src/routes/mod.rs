@@ -66,6 +66,7 @@ pub fn router(state: AppState, auth: Arc<Authenticator>) -> Router {
             get(processes::follow_output),
         )
         .route(sbx_proto::tunnel::TUNNEL_PATH, get(tunnel::open))
+        .route(sbx_proto::tunnel::RAW_TUNNEL_PATH, get(tunnel::open_raw))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(auth, require_auth));
     Router::new()

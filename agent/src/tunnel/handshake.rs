@@ -46,7 +46,7 @@ pub fn switching_protocols(accept_key: &str) -> Response {
     response
 }
 
-fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+pub fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|value| {
         value
             .to_str()

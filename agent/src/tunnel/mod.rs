@@ -5,6 +5,9 @@
 //! the local connect (502). Only then does the client get its 101.
 
 mod handshake;
+mod raw;
+
+pub use raw::open_raw;
 
 use std::time::{Duration, Instant};
 
@@ -30,6 +33,18 @@ pub async fn open(
     let port = parse_port_query(request.uri().query())
         .map_err(|e| ApiError::new(ErrorCode::InvalidPort, e.to_string()))?;
     let accept_key = handshake::accept_key(request.headers())?;
+    let (on_upgrade, target, permit) = admit(&state, port, &mut request).await?;
+    tokio::spawn(run(state, port, on_upgrade, target, permit));
+    Ok(handshake::switching_protocols(&accept_key))
+}
+
+/// The refusals both tunnel kinds share, in order: the tunnel limit (429),
+/// an upgradable connection, then the local connect (502).
+async fn admit(
+    state: &AppState,
+    port: u16,
+    request: &mut Request,
+) -> Result<(hyper::upgrade::OnUpgrade, TcpStream, OwnedSemaphorePermit), ApiError> {
     let permit = state.tunnels.clone().try_acquire_owned().map_err(|_| {
         ApiError::new(
             ErrorCode::TooManyTunnels,
@@ -45,10 +60,44 @@ pub async fn open(
         .ok_or_else(|| {
             ApiError::new(ErrorCode::BadRequest, "this connection cannot be upgraded")
         })?;
-
     let target = connect(port, state.config.connect_timeout).await?;
-    tokio::spawn(run(state, port, on_upgrade, target, permit));
-    Ok(handshake::switching_protocols(&accept_key))
+    Ok((on_upgrade, target, permit))
+}
+
+/// Takes the plain TCP stream back from an upgraded connection, with the
+/// bytes hyper had already read past the request head.
+async fn upgraded_stream(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    port: u16,
+) -> Option<(TcpStream, bytes::Bytes)> {
+    let upgraded = match on_upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(err) => {
+            tracing::warn!(port, error = %err, "tunnel upgrade failed");
+            return None;
+        }
+    };
+    // The server loop hands hyper plain TCP streams, so the upgraded
+    // connection can be taken back as one: the relays work on raw sockets.
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let stream = parts.io.into_inner();
+            let _ = stream.set_nodelay(true);
+            Some((stream, parts.read_buf))
+        }
+        Err(_) => {
+            tracing::error!(port, "upgraded connection is not a TCP stream");
+            None
+        }
+    }
+}
+
+/// The peer (the proxy, or a direct client) as text for log lines, so an
+/// open and its close can be paired.
+fn peer_of(stream: &TcpStream) -> String {
+    stream
+        .peer_addr()
+        .map_or_else(|_| "unknown".to_owned(), |addr| addr.to_string())
 }
 
 async fn connect(port: u16, timeout: Duration) -> Result<TcpStream, ApiError> {
@@ -78,35 +127,16 @@ async fn run(
     permit: OwnedSemaphorePermit,
 ) {
     let started = Instant::now();
-    let upgraded = match on_upgrade.await {
-        Ok(upgraded) => upgraded,
-        Err(err) => {
-            tracing::warn!(port, error = %err, "tunnel upgrade failed");
-            return;
-        }
+    let Some((ws, read_buf)) = upgraded_stream(on_upgrade, port).await else {
+        return;
     };
-    // The server loop hands hyper plain TCP streams, so the upgraded
-    // connection can be taken back as one: the relay works on raw sockets.
-    let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => parts,
-        Err(_) => {
-            tracing::error!(port, "upgraded connection is not a TCP stream");
-            return;
-        }
-    };
-    let ws = parts.io.into_inner();
-    let _ = ws.set_nodelay(true);
-    // The peer is the proxy (or a direct client): logged on both lines so
-    // an open and its close can be paired.
-    let peer = ws
-        .peer_addr()
-        .map_or_else(|_| "unknown".to_owned(), |addr| addr.to_string());
+    let peer = peer_of(&ws);
     tracing::info!(port, peer = %peer, "tunnel open");
 
     let config = relay_config(&state);
     let mut shutdown = state.shutdown.clone();
     let on_shutdown = async move { crate::server::stopping(&mut shutdown).await };
-    let outcome = relay(ws, parts.read_buf.to_vec(), target, &config, on_shutdown).await;
+    let outcome = relay(ws, read_buf.to_vec(), target, &config, on_shutdown).await;
     let duration_ms = started.elapsed().as_millis() as u64;
     match &outcome.result {
         Ok(()) => tracing::info!(

@@ -1,0 +1,351 @@
+//! A sandbox entry as the admin API takes it, validated field by field.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use sbx_proto::auth::ForwardedAuthKey;
+use serde::{Deserialize, Serialize};
+
+use crate::route::{validate_name, AGENT_PORT};
+
+/// Longest namespace, organization or project id.
+const MAX_SCOPE_ID: usize = 128;
+
+/// Lifecycle state, as the control plane reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pending,
+    #[default]
+    Running,
+    Suspending,
+    Suspended,
+    Terminated,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Suspending => "suspending",
+            Self::Suspended => "suspended",
+            Self::Terminated => "terminated",
+        }
+    }
+}
+
+/// What an entry holds; also its form in the state file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    pub organization_id: String,
+    pub project_id: String,
+    /// The agent's management API, `<ip>:9501`.
+    pub agent: SocketAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarded_auth_key_file: Option<PathBuf>,
+    /// 64 hex characters; kept only in the state file (mode 0600), never
+    /// shown by the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarded_auth_key: Option<String>,
+    #[serde(default)]
+    pub exposed_ports: Vec<u16>,
+    #[serde(default)]
+    pub allow_unauthenticated_access: bool,
+    #[serde(default)]
+    pub status: Status,
+    #[serde(default)]
+    pub auto_resume: bool,
+}
+
+fn default_namespace() -> String {
+    "default".into()
+}
+
+/// A field that failed validation: 400 naming it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{field}`: {message}")]
+pub struct SpecError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+fn bad(field: &'static str, message: impl Into<String>) -> SpecError {
+    SpecError {
+        field,
+        message: message.into(),
+    }
+}
+
+impl SandboxSpec {
+    /// Parses a PUT body; the error names the field at fault.
+    pub fn from_json(body: &[u8]) -> Result<Self, SpecError> {
+        let mut de = serde_json::Deserializer::from_slice(body);
+        serde_path_to_error::deserialize(&mut de).map_err(path_error)
+    }
+
+    /// Checks every field and puts `exposed_ports` in order. `id` is the
+    /// entry's own id (it must be a valid name too).
+    pub fn validate(&mut self, id: &str) -> Result<(), SpecError> {
+        validate_name(id).map_err(|e| bad("id", format!("{id:?} {e}")))?;
+        if let Some(name) = &self.name {
+            validate_name(name).map_err(|e| bad("name", format!("{name:?} {e}")))?;
+        }
+        for (field, value) in [
+            ("namespace", &self.namespace),
+            ("organization_id", &self.organization_id),
+            ("project_id", &self.project_id),
+        ] {
+            scope_id(field, value)?;
+        }
+        let ip = self.agent.ip();
+        if ip.is_unspecified() || ip.is_multicast() || self.agent.port() == 0 {
+            return Err(bad(
+                "agent",
+                format!("{} is not an address an agent can listen on", self.agent),
+            ));
+        }
+        match (&self.forwarded_auth_key_file, &self.forwarded_auth_key) {
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "forwarded_auth_key",
+                    "give forwarded_auth_key_file or forwarded_auth_key, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(bad(
+                    "forwarded_auth_key_file",
+                    "one of forwarded_auth_key_file or forwarded_auth_key is required",
+                ))
+            }
+            (None, Some(hex)) => {
+                ForwardedAuthKey::from_hex_file_content(hex)
+                    .map_err(|e| bad("forwarded_auth_key", e.to_string()))?;
+            }
+            (Some(path), None) => {
+                if !path.is_absolute() {
+                    return Err(bad("forwarded_auth_key_file", "must be an absolute path"));
+                }
+                read_key_file(path).map_err(|e| bad("forwarded_auth_key_file", e))?;
+            }
+        }
+        if let Some(port) = self.exposed_ports.iter().find(|p| **p == 0) {
+            return Err(bad(
+                "exposed_ports",
+                format!("port {port} is out of range 1-65535"),
+            ));
+        }
+        if self.exposed_ports.contains(&AGENT_PORT) {
+            return Err(bad(
+                "exposed_ports",
+                format!("{AGENT_PORT} is the agent's port; it is never exposed"),
+            ));
+        }
+        self.exposed_ports.sort_unstable();
+        self.exposed_ports.dedup();
+        Ok(())
+    }
+
+    /// The key, read now (a key file may be rotated; SIGHUP re-reads).
+    pub fn load_key(&self) -> Result<ForwardedAuthKey, String> {
+        match (&self.forwarded_auth_key, &self.forwarded_auth_key_file) {
+            (Some(hex), _) => {
+                ForwardedAuthKey::from_hex_file_content(hex).map_err(|e| e.to_string())
+            }
+            (None, Some(path)) => read_key_file(path),
+            (None, None) => Err("no forwarded-auth key configured".into()),
+        }
+    }
+}
+
+fn read_key_file(path: &std::path::Path) -> Result<ForwardedAuthKey, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    ForwardedAuthKey::from_hex_file_content(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn scope_id(field: &'static str, value: &str) -> Result<(), SpecError> {
+    let ok = !value.is_empty()
+        && value.len() <= MAX_SCOPE_ID
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(
+            field,
+            format!("{value:?} must be 1-{MAX_SCOPE_ID} characters of letters, digits, '-', '_' and '.'"),
+        ))
+    }
+}
+
+/// Applies a JSON merge patch (RFC 7386, top level) to a spec: a key set to
+/// `null` returns to its default, others replace. The result is validated
+/// by the caller like a PUT body.
+pub fn apply_patch(
+    spec: &SandboxSpec,
+    patch: serde_json::Map<String, serde_json::Value>,
+) -> Result<SandboxSpec, SpecError> {
+    let mut value = serde_json::to_value(spec).map_err(|e| bad("body", e.to_string()))?;
+    let serde_json::Value::Object(object) = &mut value else {
+        return Err(bad("body", "internal: a spec is an object"));
+    };
+    for (key, new) in patch {
+        // The two key sources exclude each other: setting one drops the other.
+        match key.as_str() {
+            "forwarded_auth_key_file" if !new.is_null() => {
+                object.remove("forwarded_auth_key");
+            }
+            "forwarded_auth_key" if !new.is_null() => {
+                object.remove("forwarded_auth_key_file");
+            }
+            _ => {}
+        }
+        if new.is_null() {
+            object.remove(&key);
+        } else {
+            object.insert(key, new);
+        }
+    }
+    serde_path_to_error::deserialize(value).map_err(path_error)
+}
+
+/// Serde's error with the path of the field it was reading.
+fn path_error(e: serde_path_to_error::Error<serde_json::Error>) -> SpecError {
+    let path = e.path().to_string();
+    let message = e.into_inner().to_string();
+    if path == "." || path.is_empty() {
+        bad("body", message)
+    } else {
+        SpecError {
+            field: "body",
+            message: format!("`{path}`: {message}"),
+        }
+    }
+}
+
+/// An entry as the admin API shows it: never the key itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxView {
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub namespace: String,
+    pub organization_id: String,
+    pub project_id: String,
+    pub agent: SocketAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forwarded_auth_key_file: Option<PathBuf>,
+    /// "file", "inline"; which source the key comes from.
+    pub forwarded_auth_key_source: String,
+    /// Why the key cannot be used, when it cannot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forwarded_auth_key_error: Option<String>,
+    pub exposed_ports: Vec<u16>,
+    pub allow_unauthenticated_access: bool,
+    pub status: Status,
+    pub auto_resume: bool,
+}
+
+impl SandboxView {
+    pub fn new(id: &str, spec: &SandboxSpec, key_error: Option<String>) -> Self {
+        Self {
+            id: id.to_owned(),
+            name: spec.name.clone(),
+            namespace: spec.namespace.clone(),
+            organization_id: spec.organization_id.clone(),
+            project_id: spec.project_id.clone(),
+            agent: spec.agent,
+            forwarded_auth_key_file: spec.forwarded_auth_key_file.clone(),
+            forwarded_auth_key_source: if spec.forwarded_auth_key.is_some() {
+                "inline".into()
+            } else {
+                "file".into()
+            },
+            forwarded_auth_key_error: key_error,
+            exposed_ports: spec.exposed_ports.clone(),
+            allow_unauthenticated_access: spec.allow_unauthenticated_access,
+            status: spec.status,
+            auto_resume: spec.auto_resume,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(extra: &str) -> Result<SandboxSpec, SpecError> {
+        let body = format!(
+            r#"{{"organization_id":"o","project_id":"p","agent":"10.0.0.2:9501","forwarded_auth_key":"{}"{extra}}}"#,
+            "ab".repeat(32)
+        );
+        let mut s = SandboxSpec::from_json(body.as_bytes())?;
+        s.validate("sbx-1")?;
+        Ok(s)
+    }
+
+    #[test]
+    fn accepts_and_normalises() {
+        let s = spec(r#","exposed_ports":[8080,3000,8080],"name":"web""#).unwrap();
+        assert_eq!(s.exposed_ports, vec![3000, 8080]);
+        assert_eq!(s.namespace, "default");
+        assert_eq!(s.status, Status::Running);
+    }
+
+    #[test]
+    fn names_the_field() {
+        let cases = [
+            (r#","exposed_ports":[9501]"#, "exposed_ports"),
+            (r#","exposed_ports":[0]"#, "exposed_ports"),
+            (r#","exposed_ports":[65536]"#, "exposed_ports"),
+            (r#","name":"8080-web""#, "name"),
+            (r#","name":"Web""#, "name"),
+            (r#","status":"sleeping""#, "status"),
+            (r#","bogus":1"#, "bogus"),
+            (r#","namespace":"a b""#, "namespace"),
+            (r#","forwarded_auth_key_file":"/x""#, "forwarded_auth_key"),
+        ];
+        for (extra, field) in cases {
+            let err = spec(extra).unwrap_err().to_string();
+            assert!(err.contains(field), "{extra}: {err}");
+        }
+        let body = br#"{"organization_id":"o","project_id":"p","agent":"10.0.0.2:9501"}"#;
+        let mut s = SandboxSpec::from_json(body).unwrap();
+        assert_eq!(
+            s.validate("x").unwrap_err().field,
+            "forwarded_auth_key_file"
+        );
+        let body = br#"{"organization_id":"o","project_id":"p","agent":"0.0.0.0:9501","forwarded_auth_key_file":"/nonexistent"}"#;
+        let mut s = SandboxSpec::from_json(body).unwrap();
+        assert_eq!(s.validate("x").unwrap_err().field, "agent");
+        let body = br#"{"organization_id":"o","project_id":"p","agent":"10.0.0.1:9501","forwarded_auth_key_file":"/nonexistent"}"#;
+        let mut s = SandboxSpec::from_json(body).unwrap();
+        assert_eq!(
+            s.validate("x").unwrap_err().field,
+            "forwarded_auth_key_file"
+        );
+        assert_eq!(spec("").unwrap().validate("9-x").unwrap_err().field, "id");
+    }
+
+    #[test]
+    fn merge_patch() {
+        let s = spec(r#","exposed_ports":[8080],"name":"web""#).unwrap();
+        let patch = serde_json::json!({"exposed_ports": [3000], "name": null});
+        let patched = apply_patch(&s, patch.as_object().unwrap().clone()).unwrap();
+        assert_eq!(patched.exposed_ports, vec![3000]);
+        assert_eq!(patched.name, None);
+        assert_eq!(patched.agent, s.agent);
+        let patch = serde_json::json!({"forwarded_auth_key_file": "/k"});
+        let patched = apply_patch(&s, patch.as_object().unwrap().clone()).unwrap();
+        assert_eq!(patched.forwarded_auth_key, None);
+        let patch = serde_json::json!({"nope": 1});
+        assert!(apply_patch(&s, patch.as_object().unwrap().clone()).is_err());
+    }
+}

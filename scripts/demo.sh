@@ -3,7 +3,7 @@
 #
 #   "internet" namespace: dnsmasq (allowed.demo, denied.demo) and a web server
 #        │ veth (the host's only uplink)
-#   "host" namespace: netctl daemon, sbx tunnel (as the sandbox proxy would)
+#   "host" namespace: netctl daemon, sbx-proxy (public URLs), sbx tunnel
 #        │ veth made by netctl (rtnetlink), masqueraded toward the uplink
 #   sandbox namespace made by netctl: sbx-agent, redis-server, egress policy
 #
@@ -74,9 +74,9 @@ in_sandbox() { ip netns exec "$SANDBOX_NS" "$@"; }
 netctl() { target/ci/netctl --socket "$SOCK" "$@"; }
 
 bold "1. Build (cargo build --profile ci)"
-cargo build --profile ci --bins -p sbx-agent -p sbx -p netctl --quiet
+cargo build --profile ci --bins -p sbx-agent -p sbx -p netctl -p sbx-proxy --quiet
 BIN=target/ci
-ok "sbx-agent, sbx and netctl built"
+ok "sbx-agent, sbx, netctl and sbx-proxy built"
 
 bold "2. A host namespace and an \"internet\" namespace with DNS and a web server"
 ip netns add "$HOST_NS"
@@ -156,6 +156,7 @@ ok "GET /api/v1/health from the host: $(in_host curl -s "$AGENT/api/v1/health")"
 
 bold "6. sbx tunnel from the host to redis inside the sandbox"
 spawn "$WORK/tunnel.out" "$WORK/tunnel.log" in_host "$BIN/sbx" tunnel "$AGENT" 6379 -l 16379 "${AUTH[@]}"
+TUNNEL_PID=${PIDS[-1]}
 wait_for "$WORK/tunnel.out" Forwarding "sbx tunnel"
 ok "$(head -1 "$WORK/tunnel.out")"
 ok "redis-cli PING → $(in_host redis-cli -p 16379 ping)"
@@ -165,7 +166,66 @@ info "redis-benchmark through the tunnel (20,000 requests, 16 clients):"
 in_host redis-benchmark -p 16379 -n 20000 -c 16 -t set,get -q 2>&1 | tr '\r' '\n' \
   | grep "requests per second" | sed 's/^ */      /'
 
-bold "7. Egress policy, seen from a process in the sandbox (run through the agent)"
+bold "7. sbx-proxy: public URLs into the sandbox (https://<port>-<id>.sbx.demo)"
+# A private CA and a wildcard certificate, as an operator's ACME client would give.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj "/CN=sbx demo CA" \
+  -keyout "$WORK/ca.key" -out "$WORK/ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=*.sbx.demo" \
+  -keyout "$WORK/tls.key" -out "$WORK/tls.csr" 2>/dev/null
+printf 'subjectAltName=DNS:*.sbx.demo,DNS:sbx.demo\nextendedKeyUsage=serverAuth\n' > "$WORK/tls.ext"
+openssl x509 -req -in "$WORK/tls.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" -CAcreateserial -days 2 \
+  -extfile "$WORK/tls.ext" -out "$WORK/tls.pem" 2>/dev/null
+cat > "$WORK/proxy.toml" <<EOF
+domains = ["sbx.demo", "local"]
+listen_https = "127.0.0.1:8443"
+listen_http = "127.0.0.1:8080"
+tls_cert = "$WORK/tls.pem"
+tls_key = "$WORK/tls.key"
+admin_socket = "$WORK/proxy-admin.sock"
+state_dir = "$WORK/proxy-state"
+[auth]
+credentials_file = "$WORK/credentials.toml"
+EOF
+sbx_proxy() { "$BIN/sbx-proxy" "$@"; }
+proxy_admin() { sbx_proxy sandbox --admin-socket "$WORK/proxy-admin.sock" "$@"; }
+API_KEY=$(sbx_proxy credentials --file "$WORK/credentials.toml" add-api-key --org demo-org --project demo-project 2>/dev/null)
+ok "API key for project demo-org/demo-project (only its SHA-256 is stored): ${API_KEY:0:14}…"
+spawn "$WORK/proxy.out" "$WORK/proxy.log" in_host "$BIN/sbx-proxy" serve --config "$WORK/proxy.toml"
+wait_for "$WORK/proxy.out" "sbx-proxy ready" "sbx-proxy"
+sed 's/^/    /' "$WORK/proxy.out"
+mkdir -p "$WORK/app"
+echo "hello from a web app bound to 127.0.0.1:8080 inside the sandbox" > "$WORK/app/index.html"
+spawn /dev/null "$WORK/app.log" in_sandbox python3 -m http.server 8080 --bind 127.0.0.1 --directory "$WORK/app"
+for _ in $(seq 100); do in_sandbox bash -c 'exec 3<>/dev/tcp/127.0.0.1/8080' 2>/dev/null && break; sleep 0.05; done
+proxy_admin put "$SANDBOX" --json - >/dev/null <<EOF
+{"organization_id": "demo-org", "project_id": "demo-project", "agent": "$SANDBOX_IP:9501",
+ "forwarded_auth_key_file": "$WORK/forwarded-auth.key", "exposed_ports": []}
+EOF
+ok "sandbox $SANDBOX registered with the proxy (agent $SANDBOX_IP:9501, no port exposed yet)"
+pcurl() { in_host curl -sS --cacert "$WORK/ca.pem" --resolve "8080-$SANDBOX.sbx.demo:8443:127.0.0.1" \
+  --resolve "$SANDBOX.sbx.demo:8443:127.0.0.1" "$@"; }
+APP="https://8080-$SANDBOX.sbx.demo:8443/"
+MGMT="https://$SANDBOX.sbx.demo:8443/api/v1"
+show() { printf '    %s\n      → %s\n' "$1" "$2"; }
+code() { pcurl -o /dev/null -w '%{http_code}' "$@"; }
+body_code() { pcurl -w ' (%{http_code})' "$@" | tr -d '\n'; }
+show "curl $APP" "$(body_code "$APP")"
+show "curl -H 'Authorization: Bearer <key>' $APP" "$(body_code -H "Authorization: Bearer $API_KEY" "$APP")"
+proxy_admin patch "$SANDBOX" --json - >/dev/null <<<'{"exposed_ports": [8080], "allow_unauthenticated_access": true}'
+ok "port 8080 exposed and public (exposed_ports=[8080], allow_unauthenticated_access=true)"
+show "curl --http2 $APP" "$(pcurl --http2 -w ' (HTTP/%{http_version} %{http_code})' "$APP" | tr -d '\n')"
+show "curl $MGMT/info (the agent, port 9501)" "$(code "$MGMT/info") (the agent always needs a credential)"
+show "curl -H 'Authorization: Bearer <key>' $MGMT/info" "$(pcurl -H "Authorization: Bearer $API_KEY" "$MGMT/info")"
+info "a process run through the proxy, its output streamed as Server-Sent Events:"
+pcurl -N -H "Authorization: Bearer $API_KEY" -H 'Accept: text/event-stream' -H 'Content-Type: application/json' \
+  -d '{"command": "sh", "args": ["-c", "echo hello from inside; echo bye"]}' \
+  "$MGMT/processes/run" | grep '^data:' | sed 's/^/      /'
+proxy_admin patch "$SANDBOX" --json - >/dev/null <<<'{"exposed_ports": []}'
+show "unexposed again: curl $APP" "$(code "$APP")"
+info "the proxy's access log (one line per request):"
+grep 'sbx_proxy::access' "$WORK/proxy.log" | tail -3 | sed 's/^.*request /      /'
+
+bold "8. Egress policy, seen from a process in the sandbox (run through the agent)"
 sandbox_sh() { in_host "$BIN/sbx" exec "$AGENT" "${AUTH[@]}" -- bash -c "$1"; }
 OUT=$(sandbox_sh 'curl -sS -m 5 http://allowed.demo/' 2>&1) \
   && ok "curl http://allowed.demo/ → $OUT" || fail "allowed.demo: $OUT"
@@ -176,10 +236,10 @@ OUT=$(in_host "$BIN/sbx" exec "$AGENT" "${AUTH[@]}" -- bash -c "$TIMED" http://d
 OUT=$(in_host "$BIN/sbx" exec "$AGENT" "${AUTH[@]}" -- bash -c "$TIMED" http://203.0.113.30/ 2>&1) \
   && fail "203.0.113.30 was reachable" || ok "curl http://203.0.113.30/ (in the denied /24) refused: $OUT"
 
-bold "8. netctl show: the policy, the resolved addresses and the counters"
+bold "9. netctl show: the policy, the resolved addresses and the counters"
 netctl show "$SANDBOX" | sed 's/^/    /'
 
-bold "9. A policy change takes effect at once: allow_internet_access=false and no allow_out"
+bold "10. A policy change takes effect at once: allow_internet_access=false and no allow_out"
 START=$(date +%s%N)
 echo '{"allow_internet_access": false}' | netctl set-policy "$SANDBOX" --policy - >/dev/null
 ok "applied in $(ms_since "$START") ms"
@@ -187,8 +247,8 @@ OUT=$(in_host "$BIN/sbx" exec "$AGENT" "${AUTH[@]}" -- bash -c "$TIMED" http://2
   && fail "still reachable" || ok "curl http://203.0.113.10/ now refused: $OUT"
 ok "the tunnel still works (it is inbound): redis-cli GET → $(in_host redis-cli -p 16379 get demo:greeting)"
 
-bold "10. netctl removes the sandbox network"
-kill "${PIDS[-1]}" 2>/dev/null || true   # the tunnel
+bold "11. netctl removes the sandbox network"
+kill "$TUNNEL_PID" 2>/dev/null || true
 START=$(date +%s%N)
 netctl netns delete "$SANDBOX" >/dev/null
 ok "netctl netns delete $SANDBOX: $(ms_since "$START") ms"

@@ -13,6 +13,7 @@ APT_PACKAGES=(
   python3-venv      # the Tensorlake SDK conformance test's virtualenv
   python3-pip
   curl
+  openssl           # the demo's wildcard certificate for sbx-proxy
   procps
   psmisc
   ca-certificates

@@ -3,7 +3,7 @@
 
 use http::HeaderMap;
 
-use crate::auth::{presented, CredentialStore, Verdict};
+use crate::auth::{presented, CredentialKind, CredentialStore, Verdict};
 use crate::error::{Code, ProxyError};
 use crate::registry::Sandbox;
 use crate::route::AGENT_PORT;
@@ -75,8 +75,10 @@ pub async fn decide(
             format!("port {port} is not exposed; expose it with the sandbox API"),
         ));
     }
+    // An API key carries its own project: query parameters that look like
+    // a context are then the application's, and stay.
     Ok(Access::Authenticated {
-        context_from_query: context.from_query,
+        context_from_query: context.from_query && credential.kind != CredentialKind::ApiKey,
     })
 }
 

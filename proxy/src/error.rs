@@ -78,9 +78,9 @@ impl ProxyError {
         self
     }
 
-    /// Renders the answer for a request with these headers.
-    pub fn into_response(self, request_headers: &HeaderMap) -> Response<ProxyBody> {
-        let html = prefers_html(request_headers);
+    /// Renders the answer, as HTML when the client asked for it first
+    /// (see [`prefers_html`]).
+    pub fn into_response(self, html: bool) -> Response<ProxyBody> {
         let (content_type, body) = if html {
             ("text/html; charset=utf-8", self.html())
         } else {
@@ -129,7 +129,7 @@ impl ProxyError {
 
 /// A browser navigating asks for `text/html` before anything else; API
 /// clients (`*/*`, JSON) get JSON.
-fn prefers_html(headers: &HeaderMap) -> bool {
+pub fn prefers_html(headers: &HeaderMap) -> bool {
     headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -159,7 +159,7 @@ mod tests {
     #[test]
     fn json_and_html() {
         let err = ProxyError::new(Code::Unauthorized, "no <credential>");
-        let json = err.clone().into_response(&HeaderMap::new());
+        let json = err.clone().into_response(prefers_html(&HeaderMap::new()));
         assert_eq!(json.status(), 401);
         assert!(json.headers().contains_key(header::WWW_AUTHENTICATE));
         let mut h = HeaderMap::new();
@@ -167,14 +167,14 @@ mod tests {
             header::ACCEPT,
             HeaderValue::from_static("text/html,application/xhtml+xml"),
         );
-        let html = err.into_response(&h);
+        let html = err.into_response(prefers_html(&h));
         assert_eq!(
             html.headers()[header::CONTENT_TYPE],
             "text/html; charset=utf-8"
         );
         let retry = ProxyError::new(Code::SandboxNotRunning, "x").retry_after(2);
         assert_eq!(
-            retry.into_response(&HeaderMap::new()).headers()[header::RETRY_AFTER],
+            retry.into_response(false).headers()[header::RETRY_AFTER],
             "2"
         );
     }

@@ -17,7 +17,7 @@ use sbx_proto::auth::FORWARDED_AUTH_HEADER;
 use crate::access::{self, Access};
 use crate::auth::CredentialStore;
 use crate::body::{AccessRecord, ProxyBody, Tracked};
-use crate::error::{Code, ProxyError};
+use crate::error::{prefers_html, Code, ProxyError};
 use crate::headers;
 use crate::metrics::Metrics;
 use crate::registry::{Registry, Sandbox, Status};
@@ -58,7 +58,7 @@ impl Proxy {
         let started = Instant::now();
         let activity = conn.activity.begin();
         let method = request.method().clone();
-        let request_headers = request.headers().clone();
+        let html = prefers_html(request.headers());
         let mut routed = Routed {
             sandbox: None,
             port: None,
@@ -86,7 +86,7 @@ impl Proxy {
             }
             Err(err) => {
                 record.error = Some(err.code.as_str());
-                let response = err.into_response(&request_headers);
+                let response = err.into_response(html);
                 response.map(|body| Tracked::new(body, record, None, activity).boxed())
             }
         })

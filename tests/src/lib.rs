@@ -6,5 +6,6 @@ pub mod bins;
 pub mod netctl_support;
 pub mod netns;
 pub mod process;
+pub mod proxy_support;
 pub mod servers;
 pub mod setup_support;

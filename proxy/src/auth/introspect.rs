@@ -11,30 +11,20 @@
 //! does not parse) is an error: the proxy fails closed, and errors are not
 //! cached so the next request asks again.
 //!
-//! HTTPS trusts the system's CA store, so a service with an internal CA
-//! works once that CA is installed there.
+//! The HTTP(S) side is the shared control-plane client, [`crate::webhook`].
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use http::header::{ACCEPT, CONTENT_TYPE};
-use http::{Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::credential::valid_context_value;
 use super::{AuthError, Context, Credential, CredentialStore, Principal, Verdict};
-
-/// An introspection answer is a few fields; more is a misconfigured URL.
-const MAX_ANSWER_LEN: usize = 64 * 1024;
+use crate::webhook::Webhook;
 
 #[derive(Serialize)]
 struct Question<'a> {
@@ -60,11 +50,9 @@ struct Cached {
 
 /// Checks credentials against an HTTP introspection service.
 pub struct IntrospectionStore {
-    url: Uri,
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    hook: Webhook,
     positive_ttl: Duration,
     negative_ttl: Duration,
-    timeout: Duration,
     max_entries: usize,
     /// Keyed by a digest of the question, never by the raw token, so a heap
     /// dump of the cache does not hold credentials.
@@ -74,10 +62,9 @@ pub struct IntrospectionStore {
 impl std::fmt::Debug for IntrospectionStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IntrospectionStore")
-            .field("url", &self.url)
+            .field("hook", &self.hook)
             .field("positive_ttl", &self.positive_ttl)
             .field("negative_ttl", &self.negative_ttl)
-            .field("timeout", &self.timeout)
             .field("max_entries", &self.max_entries)
             .finish_non_exhaustive()
     }
@@ -94,49 +81,11 @@ impl IntrospectionStore {
         timeout: Duration,
         max_entries: usize,
     ) -> Result<Self, AuthError> {
-        let bad = |why: &str| AuthError::Introspection(format!("url {url:?}: {why}"));
-        let uri: Uri = url
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
-        let https = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err(bad("must start with http:// or https://")),
-        };
-        match uri.authority() {
-            None => return Err(bad("has no host")),
-            // The client would silently drop them.
-            Some(a) if a.as_str().contains('@') => {
-                return Err(bad("credentials in the URL are not supported"))
-            }
-            Some(_) => {}
-        }
-        let roots = if https {
-            system_roots().map_err(|e| bad(&e))?
-        } else {
-            rustls::RootCertStore::empty()
-        };
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| bad(&e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .build();
+        let hook = Webhook::new(url, timeout).map_err(AuthError::Introspection)?;
         Ok(IntrospectionStore {
-            url: uri,
-            // Without a timer the pool never closes idle connections.
-            client: Client::builder(TokioExecutor::new())
-                .pool_timer(TokioTimer::new())
-                .pool_idle_timeout(Duration::from_secs(30))
-                .build(connector),
+            hook,
             positive_ttl,
             negative_ttl,
-            timeout,
             max_entries,
             cache: Mutex::new(HashMap::new()),
         })
@@ -181,37 +130,17 @@ impl IntrospectionStore {
     }
 
     async fn ask(&self, credential: &Credential, context: &Context) -> Result<Verdict, String> {
-        let body = serde_json::to_vec(&Question {
+        let question = Question {
             kind: credential.kind.as_str(),
             token: credential.secret(),
             organization_id: context.organization_id.as_deref(),
             project_id: context.project_id.as_deref(),
-        })
-        .map_err(|e| e.to_string())?;
-        let request = Request::post(self.url.clone())
-            .header(CONTENT_TYPE, "application/json")
-            .header(ACCEPT, "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| e.to_string())?;
-        let exchange = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| error_chain(&e))?;
-            if response.status() != StatusCode::OK {
-                return Err(format!("answered {}", response.status()));
-            }
-            let body = Limited::new(response.into_body(), MAX_ANSWER_LEN)
-                .collect()
-                .await
-                .map_err(|e| format!("reading the answer: {e}"))?
-                .to_bytes();
-            parse_answer(&body)
         };
-        tokio::time::timeout(self.timeout, exchange)
-            .await
-            .map_err(|_| format!("no answer within {:?}", self.timeout))?
+        let (status, body) = self.hook.post(&question).await?;
+        if status != StatusCode::OK {
+            return Err(format!("answered {status}"));
+        }
+        parse_answer(&body)
     }
 }
 
@@ -227,8 +156,8 @@ impl CredentialStore for IntrospectionStore {
                 return Ok(verdict);
             }
             let verdict = self.ask(credential, context).await.map_err(|e| {
-                tracing::warn!(url = %self.url, kind = %credential.kind, "introspection failed: {e}");
-                AuthError::Introspection(format!("{}: {e}", self.url))
+                tracing::warn!(url = %self.hook.url(), kind = %credential.kind, "introspection failed: {e}");
+                AuthError::Introspection(format!("{}: {e}", self.hook.url()))
             })?;
             self.remember(key, &verdict, Instant::now());
             Ok(verdict)
@@ -281,40 +210,18 @@ fn cache_key(credential: &Credential, context: &Context) -> [u8; 32] {
     hash.finalize().into()
 }
 
-/// The error with its causes: the legacy client's own message is only
-/// "client error (Connect)".
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
-}
-
-fn system_roots() -> Result<rustls::RootCertStore, String> {
-    let found = rustls_native_certs::load_native_certs();
-    for e in &found.errors {
-        tracing::warn!("loading system CA certificates: {e}");
-    }
-    let mut roots = rustls::RootCertStore::empty();
-    let (added, _) = roots.add_parsable_certificates(found.certs);
-    if added == 0 {
-        return Err("no CA certificates found in the system store".into());
-    }
-    Ok(roots)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::auth::CredentialKind;
+    use bytes::Bytes;
+    use http::Request;
+    use http_body_util::{BodyExt, Full};
     use hyper::body::Incoming;
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
 
     #[derive(Default)]
     struct Backend {

@@ -30,6 +30,7 @@ use stream::EvictableStream;
 
 use crate::metrics::Metrics;
 use crate::registry::{Registry, Sandbox};
+use crate::webhook::error_chain;
 
 /// The suffix of the internal pool keys; `.invalid` can never be a real host.
 const KEY_SUFFIX: &str = "invalid";
@@ -237,17 +238,6 @@ fn clone_connect(e: &ConnectError) -> ConnectError {
         ConnectError::Changed => ConnectError::Changed,
         ConnectError::NoKey(s) => ConnectError::NoKey(s.clone()),
     }
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 /// The pooling client's connector: the pool key names the sandbox, the

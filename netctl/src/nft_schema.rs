@@ -7,9 +7,11 @@ use std::borrow::Cow;
 
 use ipnet::IpNet;
 use nftables::batch::Batch;
-use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix};
-use nftables::schema::{Chain, NfListObject, Nftables, Rule, Table};
-use nftables::stmt::{Match, Operator, Statement};
+use nftables::expr::{
+    Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, SetItem, CT,
+};
+use nftables::schema::{Chain, Counter, NfListObject, Nftables, Rule, Table};
+use nftables::stmt::{self, JumpTarget, Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 /// The family of every table netctl makes.
@@ -106,5 +108,76 @@ pub fn eq(left: Expression<'static>, right: Expression<'static>) -> Statement<'s
         left,
         right,
         op: Operator::EQ,
+    })
+}
+
+pub fn accept() -> Statement<'static> {
+    Statement::Accept(None)
+}
+
+pub fn jump(target: &'static str) -> Statement<'static> {
+    Statement::Jump(JumpTarget {
+        target: target.into(),
+    })
+}
+
+pub fn goto(target: &'static str) -> Statement<'static> {
+    Statement::Goto(JumpTarget {
+        target: target.into(),
+    })
+}
+
+/// Counts into the named counter `name` of the rule's table.
+pub fn count(name: &'static str) -> Statement<'static> {
+    Statement::Counter(stmt::Counter::Named(name.into()))
+}
+
+/// A conntrack key (`state`, `direction`, ...).
+pub fn ct(key: &'static str) -> Expression<'static> {
+    Expression::Named(NamedExpression::CT(CT {
+        key: key.into(),
+        family: None,
+        dir: None,
+    }))
+}
+
+/// `left in { values }` for constant symbols (`ct state`, `icmpv6 type`).
+pub fn one_of(left: Expression<'static>, values: &[&'static str]) -> Statement<'static> {
+    Statement::Match(Match {
+        left,
+        right: Expression::Named(NamedExpression::Set(
+            values
+                .iter()
+                .map(|v| SetItem::Element(Expression::String((*v).into())))
+                .collect(),
+        )),
+        op: Operator::EQ,
+    })
+}
+
+/// Declares the named counter `name` in `table` (a no-op when it exists,
+/// so it keeps counting).
+pub fn counter(table: &'static str, name: &'static str) -> NfListObject<'static> {
+    NfListObject::Counter(Counter {
+        family: FAMILY,
+        table: table.into(),
+        name: name.into(),
+        handle: None,
+        packets: None,
+        bytes: None,
+    })
+}
+
+/// `left & (values) != 0` for flag-like keys (`ct state established,related`).
+pub fn any_of(left: Expression<'static>, values: &[&'static str]) -> Statement<'static> {
+    Statement::Match(Match {
+        left,
+        right: Expression::List(
+            values
+                .iter()
+                .map(|v| Expression::String((*v).into()))
+                .collect(),
+        ),
+        op: Operator::IN,
     })
 }

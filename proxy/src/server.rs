@@ -199,8 +199,10 @@ async fn connection<I>(
     tokio::pin!(conn);
     let mut stop = shared.shutdown.clone();
     let idle_limit = shared.limits.client_idle_timeout();
-    let mut check = tokio::time::interval(idle_limit / 4);
-    check.tick().await;
+    // Not `interval`: its first tick is "now", which the timer wheel rounds
+    // up to the next millisecond, and that would delay every connection.
+    let period = idle_limit / 4;
+    let mut check = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let result = loop {
         tokio::select! {
             r = conn.as_mut() => break r,

@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock};
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use super::{apply_patch, Registry, RegistryError, Sandbox, SandboxSpec};
+use super::{apply_patch, names, Registry, RegistryError, Sandbox, SandboxSpec};
 
 const STATE_FILE: &str = "sandboxes.json";
 const STATE_VERSION: u32 = 1;
@@ -112,31 +112,15 @@ impl EmbeddedRegistry {
         })
     }
 
-    /// Ids and names share one space: a name never equals another
-    /// sandbox's id or name, and an id never equals another's name.
+    /// Ids and names share one space (see [`super::names`]).
     fn check_names(maps: &Maps, id: &str, spec: &SandboxSpec) -> Result<(), RegistryError> {
-        if let Some(owner) = maps.by_name.get(id) {
-            if owner != id {
-                return Err(RegistryError::Conflict(format!(
-                    "id {id:?} is the name of sandbox {owner:?}"
-                )));
-            }
-        }
-        if let Some(name) = &spec.name {
-            if name != id && maps.by_id.contains_key(name) {
-                return Err(RegistryError::Conflict(format!(
-                    "name {name:?} is the id of another sandbox"
-                )));
-            }
-            if let Some(owner) = maps.by_name.get(name) {
-                if owner != id {
-                    return Err(RegistryError::Conflict(format!(
-                        "name {name:?} is taken by sandbox {owner:?}"
-                    )));
-                }
-            }
-        }
-        Ok(())
+        names::check(
+            id,
+            spec.name.as_deref(),
+            |n| maps.by_name.get(n).map(String::as_str),
+            |i| maps.by_id.contains_key(i),
+        )
+        .map_err(RegistryError::from)
     }
 
     /// Writes the registry as it will be after a change, then applies the

@@ -6,6 +6,8 @@
 //! same [`Sandbox`] values, so the request path does not know which it has.
 
 pub mod embedded;
+pub mod names;
+pub mod redis;
 mod spec;
 
 use std::sync::atomic::{AtomicU64, Ordering};

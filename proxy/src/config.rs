@@ -41,6 +41,48 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub lifecycle: LifecycleConfig,
+}
+
+/// `[lifecycle]`: how suspended sandboxes are woken (SPEC 6).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleConfig {
+    /// The control plane's hook: POST `{"sandbox_id", "action": "resume"|"suspend"}`.
+    /// Without it, a suspended sandbox answers 503 at once.
+    #[serde(default)]
+    pub hook_url: Option<String>,
+    #[serde(default = "default_hook_timeout")]
+    pub hook_timeout_ms: u64,
+    /// How long requests wait for a resume before 503 with `Retry-After`.
+    #[serde(default = "default_resume_deadline")]
+    pub resume_deadline_secs: u64,
+    #[serde(default = "default_waiters_per_sandbox")]
+    pub max_waiters_per_sandbox: usize,
+    #[serde(default = "default_waiters")]
+    pub max_waiters: usize,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        Self {
+            hook_url: None,
+            hook_timeout_ms: default_hook_timeout(),
+            resume_deadline_secs: default_resume_deadline(),
+            max_waiters_per_sandbox: default_waiters_per_sandbox(),
+            max_waiters: default_waiters(),
+        }
+    }
+}
+
+impl LifecycleConfig {
+    pub fn hook_timeout(&self) -> Duration {
+        Duration::from_millis(self.hook_timeout_ms)
+    }
+    pub fn resume_deadline(&self) -> Duration {
+        Duration::from_secs(self.resume_deadline_secs)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -251,11 +293,9 @@ impl Config {
         if l.max_header_bytes < 4096 {
             return Err("`limits.max_header_bytes` must be at least 4096".into());
         }
-        if l.upstream_idle_timeout_secs >= l.client_idle_timeout_secs
-            || l.upstream_idle_timeout_secs >= l.header_read_timeout_secs
-        {
+        if l.upstream_idle_timeout_secs >= l.client_idle_timeout_secs {
             return Err(
-                "`limits.upstream_idle_timeout_secs` must be shorter than `limits.client_idle_timeout_secs` and `limits.header_read_timeout_secs`"
+                "`limits.upstream_idle_timeout_secs` must be shorter than `limits.client_idle_timeout_secs`"
                     .into(),
             );
         }
@@ -263,6 +303,18 @@ impl Config {
     }
 }
 
+fn default_hook_timeout() -> u64 {
+    5000
+}
+fn default_resume_deadline() -> u64 {
+    30
+}
+fn default_waiters_per_sandbox() -> usize {
+    1000
+}
+fn default_waiters() -> usize {
+    10_000
+}
 fn default_admin_socket() -> PathBuf {
     PathBuf::from(DEFAULT_ADMIN_SOCKET)
 }

@@ -15,6 +15,7 @@ pub mod headers;
 pub mod metrics;
 pub mod proxy;
 pub mod registry;
+pub mod resume;
 pub mod route;
 pub mod serve;
 pub mod server;

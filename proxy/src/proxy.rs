@@ -21,6 +21,7 @@ use crate::error::{prefers_html, Code, ProxyError};
 use crate::headers;
 use crate::metrics::Metrics;
 use crate::registry::{Registry, Sandbox, Status};
+use crate::resume::Resumer;
 use crate::route::{self, AGENT_PORT};
 use crate::server::Activity;
 use crate::upstream::{mint, ConnectError, Upstream, UpstreamError};
@@ -32,6 +33,7 @@ pub struct Proxy {
     pub credentials: Arc<dyn CredentialStore>,
     pub upstream: Upstream,
     pub metrics: Arc<Metrics>,
+    pub resumer: Resumer,
     pub forwarded_auth_ttl: Duration,
 }
 
@@ -104,7 +106,7 @@ impl Proxy {
         ),
         ProxyError,
     > {
-        let host = request_host(&request);
+        let host = request_host(&request)?;
         let target = route::target(host.as_deref(), request.headers(), &self.domains)
             .map_err(|e| ProxyError::new(Code::BadRequest, e.to_string()))?;
         routed.port = Some(target.port);
@@ -131,13 +133,19 @@ impl Proxy {
             self.credentials.as_ref(),
         )
         .await?;
-        if sandbox.spec.status != Status::Running {
-            return Err(ProxyError::new(
-                Code::SandboxNotRunning,
-                format!("the sandbox is {}", sandbox.spec.status.as_str()),
-            )
-            .retry_after(5));
-        }
+        let sandbox = match sandbox.spec.status {
+            Status::Running => sandbox,
+            Status::Suspended if sandbox.spec.auto_resume => {
+                self.resumer.wait_running(&sandbox).await?
+            }
+            other => {
+                return Err(ProxyError::new(
+                    Code::SandboxNotRunning,
+                    format!("the sandbox is {}", other.as_str()),
+                )
+                .retry_after(5))
+            }
+        };
         let permit = sandbox
             .live
             .inflight
@@ -258,16 +266,22 @@ impl Proxy {
     }
 }
 
-/// `Host`, or the authority of an HTTP/2 (or absolute-form) request.
-fn request_host(request: &Request<Incoming>) -> Option<String> {
-    if let Some(authority) = request.uri().authority() {
-        return Some(authority.as_str().to_owned());
+/// `Host`, or the authority of an HTTP/2 (or absolute-form) request. Two
+/// `Host` fields are a 400 (RFC 9112 3.2): which one a sandbox sees must
+/// never differ from the one that routed the request.
+fn request_host(request: &Request<Incoming>) -> Result<Option<String>, ProxyError> {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::new(
+            Code::BadRequest,
+            "more than one Host header",
+        ));
     }
-    request
-        .headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
+    if let Some(authority) = request.uri().authority() {
+        return Ok(Some(authority.as_str().to_owned()));
+    }
+    Ok(first.and_then(|v| v.to_str().ok()).map(str::to_owned))
 }
 
 /// gRPC must reach the service over HTTP/2 (trailers); gRPC-Web need not.

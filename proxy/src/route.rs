@@ -190,10 +190,11 @@ fn split_label(label: &str) -> Result<(u16, &str), RouteError> {
     }
 }
 
-/// `host[:port]` → `host`; IPv6 literals and junk are not sandbox hosts.
+/// `host[:port]` → `host`; IPv6 literals, bad ports and junk are not
+/// sandbox hosts.
 fn strip_port(host: &str) -> Option<&str> {
     let name = match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        Some((name, port)) if parse_port(port).is_some() => name,
         Some(_) => return None,
         None => host,
     };
@@ -267,6 +268,15 @@ mod tests {
         ));
         assert!(matches!(by_host("xlocal"), Err(RouteError::ForeignHost(_))));
         assert!(matches!(by_host("[::1]:80"), Err(RouteError::BadHost(_))));
+        assert!(matches!(
+            by_host("web.local:99999"),
+            Err(RouteError::BadHost(_))
+        ));
+        assert!(matches!(by_host("web.local:"), Err(RouteError::BadHost(_))));
+        assert!(matches!(
+            by_host("web.local:0"),
+            Err(RouteError::BadHost(_))
+        ));
         assert!(matches!(
             by_host("u@web.local"),
             Err(RouteError::BadHost(_))

@@ -20,9 +20,11 @@ use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::registry::embedded::EmbeddedRegistry;
 use crate::registry::Registry;
+use crate::resume::{ResumeConfig, Resumer};
 use crate::server::{self, Shared};
 use crate::tls::CertStore;
 use crate::upstream::{Upstream, UpstreamConfig};
+use crate::webhook::Webhook;
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let stop = StopSignals::watch()?;
@@ -52,12 +54,30 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             forwarded_auth_ttl: Duration::from_secs(config.auth.forwarded_auth_ttl_secs),
         },
     );
+    let lifecycle = &config.lifecycle;
+    let hook = match &lifecycle.hook_url {
+        Some(url) => Some(
+            Webhook::new(url, lifecycle.hook_timeout())
+                .map_err(|e| anyhow::anyhow!("`lifecycle.hook_url`: {e}"))?,
+        ),
+        None => None,
+    };
+    let resumer = Resumer::new(
+        hook,
+        registry.clone(),
+        ResumeConfig {
+            deadline: lifecycle.resume_deadline(),
+            max_waiters_per_sandbox: lifecycle.max_waiters_per_sandbox,
+            max_waiters: lifecycle.max_waiters,
+        },
+    );
     let proxy = Arc::new(Proxy {
         domains: config.domains.clone(),
         registry: registry.clone(),
         credentials: credentials.clone(),
         upstream,
         metrics: metrics.clone(),
+        resumer,
         forwarded_auth_ttl: Duration::from_secs(config.auth.forwarded_auth_ttl_secs),
     });
 

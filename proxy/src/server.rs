@@ -137,7 +137,13 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Shar
                 .connections_open
                 .fetch_add(1, Ordering::Relaxed);
             match tls {
-                None => connection(stream, peer, false, &builder, &shared).await,
+                // hyper's header timer starts only once it has bytes to tell
+                // HTTP/1.1 from h2c, so a client that sends nothing at all
+                // is cut here.
+                None => match first_bytes(&stream, shared.limits.header_read_timeout()).await {
+                    true => connection(stream, peer, false, &builder, &shared).await,
+                    false => tracing::debug!(%peer, "client sent nothing; closed"),
+                },
                 Some(acceptor) => {
                     let handshake = tokio::time::timeout(
                         shared.limits.header_read_timeout(),
@@ -157,6 +163,15 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Shar
             drop(slot);
         });
     }
+}
+
+/// Whether the client sends a first byte in time (and did not just close).
+async fn first_bytes(stream: &tokio::net::TcpStream, timeout: Duration) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(timeout, stream.peek(&mut byte)).await,
+        Ok(Ok(n)) if n > 0
+    )
 }
 
 fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {

@@ -61,7 +61,8 @@ fn registry_error(err: RegistryError) -> Response {
             "NOT_FOUND",
             format!("no sandbox {id:?}"),
         ),
-        RegistryError::Conflict(m) => error(StatusCode::CONFLICT, "CONFLICT", m),
+        // SPEC 7: a name that equals another sandbox's id is a 400.
+        RegistryError::Conflict(m) => error(StatusCode::BAD_REQUEST, "BAD_REQUEST", m),
         RegistryError::Store(m) => {
             tracing::error!(error = %m, "registry store failed");
             error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", m)

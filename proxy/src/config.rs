@@ -31,6 +31,10 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// The sandbox API (SPEC 7), plain HTTP: meant for loopback or a private
+    /// network behind the control plane's own TLS.
+    #[serde(default = "default_listen_api")]
+    pub listen_api: SocketAddr,
     #[serde(default = "default_admin_socket")]
     pub admin_socket: PathBuf,
     #[serde(default = "default_state_dir")]
@@ -43,6 +47,27 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub lifecycle: LifecycleConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+}
+
+/// `[api]`: the sandbox API.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// `SandboxClient.for_localhost` sends no credential: allow the
+    /// `/v1/namespaces/{ns}` form without one. Refused at start unless
+    /// `listen_api` is a loopback address.
+    #[serde(default)]
+    pub allow_unauthenticated_namespaces: bool,
+    /// netctl's socket on this host, for sandboxes whose entry names none.
+    #[serde(default)]
+    pub netctl_socket: Option<PathBuf>,
+    /// The public base of sandbox URLs (`https://sandbox.example.com`);
+    /// default: https and the first domain that is not `local`, with the
+    /// HTTPS listener's port when it is not 443.
+    #[serde(default)]
+    pub public_url: Option<String>,
 }
 
 /// `[lifecycle]`: how suspended sandboxes are woken (SPEC 6).
@@ -223,6 +248,46 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// How sandbox URLs are spelled in API answers.
+    pub fn public_urls(&self) -> Result<crate::api::PublicUrls, String> {
+        if let Some(url) = &self.api.public_url {
+            let uri: http::Uri = url
+                .parse()
+                .map_err(|e| format!("`api.public_url` {url:?}: {e}"))?;
+            let scheme = match uri.scheme_str() {
+                Some("https") => "https",
+                Some("http") => "http",
+                _ => return Err(format!("`api.public_url` {url:?}: use http:// or https://")),
+            };
+            let domain = uri
+                .host()
+                .filter(|h| crate::route::validate_domain(h).is_ok())
+                .ok_or_else(|| format!("`api.public_url` {url:?}: the host must be a domain"))?;
+            return Ok(crate::api::PublicUrls {
+                scheme,
+                domain: domain.to_owned(),
+                port: uri.port_u16(),
+            });
+        }
+        let domain = self
+            .domains
+            .iter()
+            .find(|d| d.as_str() != "local")
+            .or_else(|| self.domains.first())
+            .cloned()
+            .unwrap_or_default();
+        let (scheme, port) = match (self.listen_https, self.listen_http) {
+            (Some(a), _) => ("https", (a.port() != 443).then_some(a.port())),
+            (None, Some(a)) => ("http", (a.port() != 80).then_some(a.port())),
+            (None, None) => ("https", None),
+        };
+        Ok(crate::api::PublicUrls {
+            scheme,
+            domain,
+            port,
+        })
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
@@ -254,6 +319,18 @@ impl Config {
         if self.listen_http.is_none() && self.listen_https.is_none() {
             return Err("set `listen_http`, `listen_https` or both".into());
         }
+        if self.api.allow_unauthenticated_namespaces && !self.listen_api.ip().is_loopback() {
+            return Err(format!(
+                "`api.allow_unauthenticated_namespaces` is honoured only on a loopback `listen_api`, not {}",
+                self.listen_api
+            ));
+        }
+        if let Some(path) = &self.api.netctl_socket {
+            if !path.is_absolute() {
+                return Err("`api.netctl_socket` must be an absolute path".into());
+            }
+        }
+        self.public_urls()?;
         if self.listen_https.is_some() && (self.tls_cert.is_none() || self.tls_key.is_none()) {
             return Err("`listen_https` needs `tls_cert` and `tls_key`".into());
         }
@@ -303,6 +380,9 @@ impl Config {
     }
 }
 
+fn default_listen_api() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8900))
+}
 fn default_hook_timeout() -> u64 {
     5000
 }

@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod api;
 pub mod auth;
 pub mod body;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod credentials_cli;
 pub mod error;
 pub mod headers;
 pub mod metrics;
+pub mod netctl;
 pub mod proxy;
 pub mod registry;
 pub mod resume;

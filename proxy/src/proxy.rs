@@ -33,7 +33,7 @@ pub struct Proxy {
     pub credentials: Arc<dyn CredentialStore>,
     pub upstream: Upstream,
     pub metrics: Arc<Metrics>,
-    pub resumer: Resumer,
+    pub resumer: Arc<Resumer>,
     pub forwarded_auth_ttl: Duration,
 }
 

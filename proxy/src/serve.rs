@@ -12,6 +12,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::{self, AdminState};
+use crate::api::{self, ApiState};
 use crate::auth::file::FileStore;
 use crate::auth::introspect::IntrospectionStore;
 use crate::auth::CredentialStore;
@@ -62,7 +63,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let resumer = Resumer::new(
+    let resumer = Arc::new(Resumer::new(
         hook,
         registry.clone(),
         ResumeConfig {
@@ -70,14 +71,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             max_waiters_per_sandbox: lifecycle.max_waiters_per_sandbox,
             max_waiters: lifecycle.max_waiters,
         },
-    );
+    ));
     let proxy = Arc::new(Proxy {
         domains: config.domains.clone(),
         registry: registry.clone(),
         credentials: credentials.clone(),
         upstream,
         metrics: metrics.clone(),
-        resumer,
+        resumer: resumer.clone(),
         forwarded_auth_ttl: Duration::from_secs(config.auth.forwarded_auth_ttl_secs),
     });
 
@@ -106,6 +107,29 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         servers.spawn(server::serve(listener, Some(acceptor), shared.clone()));
         tokio::spawn(certs.clone().watch());
     }
+    let api_listener = server::bind(config.listen_api)
+        .with_context(|| format!("cannot listen on {} (listen_api)", config.listen_api))?;
+    let api_local = api_listener.local_addr().context("listener address")?;
+    println!("sbx-proxy: api on {api_local}");
+    let api_app = api::router(ApiState {
+        registry: registry.clone(),
+        credentials: credentials.clone(),
+        resumer,
+        urls: config.public_urls().map_err(anyhow::Error::msg)?,
+        netctl_socket: config.api.netctl_socket.clone(),
+        allow_unauthenticated_namespaces: config.api.allow_unauthenticated_namespaces,
+        writes: Arc::default(),
+    });
+    let mut api_stop = stop_rx.clone();
+    servers.spawn(async move {
+        let stopped = async move { server::stopping(&mut api_stop).await };
+        if let Err(e) = axum::serve(api_listener, api_app)
+            .with_graceful_shutdown(stopped)
+            .await
+        {
+            tracing::error!(error = %e, "sandbox API listener failed");
+        }
+    });
     let admin_listener = control::bind(&config.admin_socket)?;
     println!("sbx-proxy: admin on {}", config.admin_socket.display());
     let admin_app = admin::router(AdminState {

@@ -61,8 +61,14 @@ pub enum ClientError {
         daemon: &'static str,
         message: String,
     },
-    #[error("{0}")]
-    Api(String),
+    /// The daemon answered with an error status; `message` and `code` come
+    /// from its `{"error", "code"}` body when it has one.
+    #[error("{status}: {message}")]
+    Api {
+        status: hyper::StatusCode,
+        message: String,
+        code: Option<String>,
+    },
 }
 
 /// Sends one request to `daemon`'s socket; returns the body of a 2xx answer.
@@ -110,8 +116,13 @@ pub async fn request(
     if status.is_success() {
         return Ok(bytes);
     }
-    let message = serde_json::from_slice::<ErrorBody>(&bytes)
-        .map(|b| b.error)
-        .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).trim().to_owned());
-    Err(ClientError::Api(format!("{status}: {message}")))
+    let (message, code) = match serde_json::from_slice::<ErrorBody>(&bytes) {
+        Ok(body) => (body.error, body.code),
+        Err(_) => (String::from_utf8_lossy(&bytes).trim().to_owned(), None),
+    };
+    Err(ClientError::Api {
+        status,
+        message,
+        code,
+    })
 }

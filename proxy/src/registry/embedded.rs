@@ -273,6 +273,9 @@ mod tests {
             allow_unauthenticated_access: false,
             status: Default::default(),
             auto_resume: false,
+            resources: Default::default(),
+            network_policy: None,
+            netctl_socket: None,
         }
     }
 

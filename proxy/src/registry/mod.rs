@@ -18,7 +18,7 @@ use sbx_proto::auth::ForwardedAuthKey;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-pub use spec::{apply_patch, SandboxSpec, SandboxView, SpecError, Status};
+pub use spec::{apply_patch, Resources, SandboxSpec, SandboxView, SpecError, Status};
 
 /// One sandbox as the request path sees it: immutable; a change replaces it.
 #[derive(Debug)]

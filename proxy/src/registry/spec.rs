@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use sbx_proto::auth::ForwardedAuthKey;
+use sbx_proto::policy::NetworkPolicy;
 use serde::{Deserialize, Serialize};
 
 use crate::route::{validate_name, AGENT_PORT};
@@ -61,7 +62,31 @@ pub struct SandboxSpec {
     pub status: Status,
     #[serde(default)]
     pub auto_resume: bool,
+    /// What the control plane gave the sandbox; shown by the sandbox API.
+    #[serde(default)]
+    pub resources: Resources,
+    /// The egress policy in force, as netctl last accepted it through the
+    /// sandbox API (`null`: none, all egress allowed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<NetworkPolicy>,
+    /// netctl's socket on this sandbox's host, when it is not the one in
+    /// the proxy's config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netctl_socket: Option<PathBuf>,
 }
+
+/// A sandbox's size, as the SDK's `SandboxInfo.resources` has it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    pub cpus: f64,
+    pub memory_mb: i64,
+    pub disk_mb: i64,
+}
+
+// `cpus` is a float, so equality is by value; NaN never gets in (serde_json
+// has no NaN, and validate() refuses negative sizes).
+impl Eq for Resources {}
 
 fn default_namespace() -> String {
     "default".into()
@@ -132,6 +157,20 @@ impl SandboxSpec {
                     return Err(bad("forwarded_auth_key_file", "must be an absolute path"));
                 }
                 read_key_file(path).map_err(|e| bad("forwarded_auth_key_file", e))?;
+            }
+        }
+        let r = &self.resources;
+        if !(r.cpus.is_finite() && r.cpus >= 0.0) || r.memory_mb < 0 || r.disk_mb < 0 {
+            return Err(bad("resources", "sizes are zero or more"));
+        }
+        if let Some(policy) = &self.network_policy {
+            policy
+                .validate()
+                .map_err(|e| bad("network_policy", e.to_string()))?;
+        }
+        if let Some(path) = &self.netctl_socket {
+            if !path.is_absolute() {
+                return Err(bad("netctl_socket", "must be an absolute path"));
             }
         }
         if let Some(port) = self.exposed_ports.iter().find(|p| **p == 0) {
@@ -251,6 +290,11 @@ pub struct SandboxView {
     pub allow_unauthenticated_access: bool,
     pub status: Status,
     pub auto_resume: bool,
+    pub resources: Resources,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<NetworkPolicy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netctl_socket: Option<PathBuf>,
 }
 
 impl SandboxView {
@@ -273,6 +317,9 @@ impl SandboxView {
             allow_unauthenticated_access: spec.allow_unauthenticated_access,
             status: spec.status,
             auto_resume: spec.auto_resume,
+            resources: spec.resources,
+            network_policy: spec.network_policy.clone(),
+            netctl_socket: spec.netctl_socket.clone(),
         }
     }
 }

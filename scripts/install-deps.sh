@@ -46,6 +46,6 @@ if ! command -v cargo >/dev/null 2>&1; then
   done
 fi
 if ! command -v cargo >/dev/null 2>&1; then
-  echo "install-deps: Rust 1.85 or newer is required: https://rustup.rs (Debian's cargo is too old)" >&2
+  echo "install-deps: Rust 1.89 or newer is required: https://rustup.rs (Debian's cargo is too old)" >&2
   exit 1
 fi

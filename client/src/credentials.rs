@@ -8,6 +8,8 @@ use sbx_proto::auth::{ForwardedAuthKey, FORWARDED_AUTH_HEADER};
 
 #[derive(Debug, Clone)]
 pub enum Credentials {
+    /// Nothing: the sandbox API's unauthenticated localhost mode.
+    Anonymous,
     Bearer(String),
     Forwarded {
         key: ForwardedAuthKey,
@@ -78,6 +80,7 @@ impl Credentials {
     /// One request header line (`Name: value\r\n`), minted fresh.
     pub fn header_line(&self) -> String {
         match self {
+            Self::Anonymous => String::new(),
             Self::Bearer(token) => format!("Authorization: Bearer {token}\r\n"),
             Self::Forwarded {
                 key,

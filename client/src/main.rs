@@ -4,6 +4,7 @@ mod credentials;
 mod exec;
 mod files;
 mod http;
+mod port;
 mod request;
 mod target;
 mod tunnel;
@@ -37,6 +38,9 @@ enum Command {
     /// Copy files to and from the sandbox, and list directories.
     #[command(subcommand)]
     Files(FilesCommand),
+    /// Expose a sandbox's ports through the sandbox proxy, list or remove them.
+    #[command(subcommand)]
+    Port(PortCommand),
     /// Print a forwarded-auth token, as the sandbox proxy would mint it.
     MintToken {
         #[arg(long)]
@@ -114,6 +118,64 @@ enum FilesCommand {
         #[command(flatten)]
         auth: AuthArgs,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum PortCommand {
+    /// Expose a port: public (no credential needed), unless --auth.
+    Expose {
+        /// Sandbox id or name.
+        sandbox: String,
+        #[arg(value_parser = clap::value_parser!(u16).range(1..))]
+        port: u16,
+        /// Callers must present a platform credential.
+        #[arg(long)]
+        auth: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// List a sandbox's exposed ports and their URLs.
+    Ls {
+        sandbox: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Stop exposing a port.
+    Rm {
+        sandbox: String,
+        #[arg(value_parser = clap::value_parser!(u16).range(1..))]
+        port: u16,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ApiArgs {
+    /// The sandbox API (sbx-proxy's `listen_api`).
+    #[arg(long, env = "SBX_API_URL", default_value = "http://127.0.0.1:8900")]
+    api_url: String,
+    /// API key; without one, only a proxy that allows unauthenticated
+    /// localhost use answers.
+    #[arg(long, env = "SBX_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Namespace, for a localhost API.
+    #[arg(long, default_value = "default")]
+    namespace: String,
+}
+
+impl ApiArgs {
+    fn api(self) -> anyhow::Result<port::Api> {
+        let credentials = match self.api_key {
+            Some(key) => Credentials::from_args(Some(key), None, None, None, 0)?,
+            None => Credentials::Anonymous,
+        };
+        Ok(port::Api {
+            url: AgentUrl::parse(&self.api_url)?,
+            credentials,
+            namespace: self.namespace,
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -247,6 +309,22 @@ fn run(command: Command) -> anyhow::Result<u8> {
                     let agent = AgentUrl::parse(&agent_url)?;
                     let creds = auth.credentials()?;
                     rt.block_on(files::ls(&agent, &creds, &remote))?;
+                }
+            }
+            Ok(0)
+        }
+        Command::Port(cmd) => {
+            let rt = runtime()?;
+            match cmd {
+                PortCommand::Expose {
+                    sandbox,
+                    port,
+                    auth,
+                    api,
+                } => rt.block_on(port::expose(&api.api()?, &sandbox, port, auth))?,
+                PortCommand::Ls { sandbox, api } => rt.block_on(port::ls(&api.api()?, &sandbox))?,
+                PortCommand::Rm { sandbox, port, api } => {
+                    rt.block_on(port::rm(&api.api()?, &sandbox, port))?
                 }
             }
             Ok(0)

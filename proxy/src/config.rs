@@ -39,6 +39,18 @@ pub struct Config {
     pub admin_socket: PathBuf,
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// `embedded` (a file in `state_dir`, the default) or a Redis URL
+    /// (`redis://host:6379/0`, `redis+unix:///run/redis.sock`): a registry
+    /// shared by a fleet of proxies.
+    #[serde(default = "default_registry")]
+    pub registry: String,
+    /// Key prefix in a shared Redis.
+    #[serde(default = "default_registry_prefix")]
+    pub registry_prefix: String,
+    /// A shared registry's local cache re-reads an entry this often even if
+    /// no change notice came (a safety net; notices apply at once).
+    #[serde(default = "default_registry_cache_ttl")]
+    pub registry_cache_ttl_secs: u64,
     #[serde(default)]
     pub log_format: LogFormat,
     #[serde(default)]
@@ -319,6 +331,19 @@ impl Config {
         if self.listen_http.is_none() && self.listen_https.is_none() {
             return Err("set `listen_http`, `listen_https` or both".into());
         }
+        let registry = self.registry.as_str();
+        if registry != "embedded"
+            && !registry.starts_with("redis://")
+            && !registry.starts_with("redis+unix://")
+        {
+            return Err(format!(
+                "`registry` is \"embedded\" or a redis:// or redis+unix:// URL, not {:?}",
+                registry.split('@').next_back().unwrap_or_default()
+            ));
+        }
+        if self.registry_cache_ttl_secs == 0 {
+            return Err("`registry_cache_ttl_secs` must be greater than 0".into());
+        }
         if self.api.allow_unauthenticated_namespaces && !self.listen_api.ip().is_loopback() {
             return Err(format!(
                 "`api.allow_unauthenticated_namespaces` is honoured only on a loopback `listen_api`, not {}",
@@ -380,6 +405,15 @@ impl Config {
     }
 }
 
+fn default_registry() -> String {
+    "embedded".into()
+}
+fn default_registry_prefix() -> String {
+    "sbx-proxy".into()
+}
+fn default_registry_cache_ttl() -> u64 {
+    30
+}
 fn default_listen_api() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8900))
 }

@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::registry::embedded::EmbeddedRegistry;
+use crate::registry::redis::RedisRegistry;
 use crate::registry::Registry;
 use crate::resume::{ResumeConfig, Resumer};
 use crate::server::{self, Shared};
@@ -32,13 +33,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let mut hangup = signal(SignalKind::hangup()).context("watch SIGHUP")?;
     let limits = config.limits.clone();
 
-    let registry: Arc<dyn Registry> = Arc::new(
-        EmbeddedRegistry::open(
-            &config.state_dir,
-            limits.max_concurrent_requests_per_sandbox,
-        )
-        .context("open the registry")?,
-    );
+    let registry = open_registry(&config).await?;
     let credentials = credential_store(&config)?;
     let certs = match (&config.listen_https, &config.tls_cert, &config.tls_key) {
         (Some(_), Some(cert), Some(key)) => Some(CertStore::load(cert, key)?),
@@ -176,6 +171,26 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&config.admin_socket);
     tracing::info!("stopped");
     Ok(())
+}
+
+async fn open_registry(config: &Config) -> anyhow::Result<Arc<dyn Registry>> {
+    let per_sandbox = config.limits.max_concurrent_requests_per_sandbox;
+    Ok(if config.registry == "embedded" {
+        Arc::new(
+            EmbeddedRegistry::open(&config.state_dir, per_sandbox).context("open the registry")?,
+        )
+    } else {
+        Arc::new(
+            RedisRegistry::connect(
+                &config.registry,
+                &config.registry_prefix,
+                per_sandbox,
+                Duration::from_secs(config.registry_cache_ttl_secs),
+            )
+            .await
+            .context("connect to the shared registry")?,
+        )
+    })
 }
 
 fn credential_store(config: &Config) -> anyhow::Result<Arc<dyn CredentialStore>> {

@@ -27,7 +27,7 @@ pub async fn apply(
             }
         }
     }
-    let referenced = match nft.list_policy_chain(netns).await? {
+    let referenced = match nft.list_rules(netns).await? {
         Some(listing) => ruleset::referenced(&listing).map_err(|message| NftError::Nft {
             netns: netns.to_path_buf(),
             message,

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use sbx_proto::policy::{NetworkPolicy, SandboxSpec, SetupSpec};
 
 use crate::client;
+use crate::ingress::SourceKind;
 use crate::view::SandboxView;
 
 pub const DEFAULT_SOCKET: &str = "/run/netctl/netctl.sock";
@@ -275,6 +276,16 @@ fn print_view(v: &SandboxView) {
             println!("deny     {}", p.deny_out.join(", "));
         }
     }
+    if let Some(i) = &v.ingress {
+        let from: Vec<String> = i.allow_from.iter().map(ToString::to_string).collect();
+        let why = match i.from {
+            SourceKind::Config => "[ingress] allow_from",
+            SourceKind::HostEnd => "host end of the link",
+            SourceKind::Gateways => "the namespace's default gateways",
+            SourceKind::None => "no source known: all refused",
+        };
+        println!("inbound  tcp/{} from [{}] ({why})", i.port, from.join(", "));
+    }
     for n in &v.names {
         let addrs: Vec<String> = n.addresses.iter().map(|a| a.address.to_string()).collect();
         println!(
@@ -288,6 +299,9 @@ fn print_view(v: &SandboxView) {
         );
     }
     if let Some(c) = &v.counters {
-        println!("packets  {} accepted, {} refused", c.accepted, c.refused);
+        println!(
+            "packets  out: {} accepted, {} refused; in: {} refused",
+            c.accepted, c.refused, c.inbound_refused
+        );
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::ingress::IngressConfig;
 use crate::ruleset::Refusal;
 
 /// Link-local (including cloud metadata at 169.254.169.254): a sandbox
@@ -34,6 +35,9 @@ pub struct Config {
     /// created with a `setup` section.
     #[serde(default)]
     pub setup: SetupConfig,
+    /// Who may open connections into a sandbox, and to which port.
+    #[serde(default)]
+    pub ingress: IngressConfig,
 }
 
 /// `[setup]`; validated into a [`crate::setup::Layout`].
@@ -150,6 +154,7 @@ impl Default for Config {
             dns: DnsConfig::default(),
             reconcile_concurrency: default_reconcile_concurrency(),
             setup: SetupConfig::default(),
+            ingress: IngressConfig::default(),
         }
     }
 }
@@ -220,6 +225,13 @@ impl Config {
         })?;
         config
             .always_deny_nets()
+            .map_err(|message| ConfigError::Invalid {
+                path: shown.clone(),
+                message,
+            })?;
+        config
+            .ingress
+            .validated()
             .map_err(|message| ConfigError::Invalid {
                 path: shown.clone(),
                 message,

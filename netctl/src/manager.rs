@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 use crate::apply;
 use crate::config::Config;
 use crate::dns::{self, NameState, Resolver, Timing};
+use crate::ingress::{self, Inbound};
 use crate::metrics::{Metrics, SandboxSample};
 use crate::nft::Nft;
 use crate::ruleset::{self, Applied, Desired, Prefixes};
@@ -54,6 +55,8 @@ struct Sandbox {
     setup: Option<SavedSetup>,
     /// What is in the kernel (None: nothing known to be applied).
     applied: Option<Applied>,
+    /// What the inbound rules last applied let in.
+    inbound: Inbound,
     error: Option<String>,
     /// Bumped on every PUT/PATCH so a refresh that raced one is discarded.
     generation: u64,
@@ -69,6 +72,8 @@ struct Entry {
 pub struct Manager {
     config: Config,
     always: Vec<IpNet>,
+    /// `[ingress] allow_from`, validated.
+    ingress_from: Vec<IpNet>,
     sandbox_resolvers: Vec<IpNet>,
     timing: Timing,
     nft: Nft,
@@ -86,6 +91,10 @@ impl Manager {
     pub fn new(config: Config, state_dir: PathBuf) -> anyhow::Result<Arc<Self>> {
         let always = config
             .always_deny_nets()
+            .map_err(|e| anyhow::anyhow!("config: {e}"))?;
+        let ingress_from = config
+            .ingress
+            .validated()
             .map_err(|e| anyhow::anyhow!("config: {e}"))?;
         let resolver = Resolver::new(&config.dns, config.lookup_timeout())
             .map_err(|e| anyhow::anyhow!("dns: {e}"))?;
@@ -105,6 +114,7 @@ impl Manager {
             timing: Timing::from_config(&config.dns),
             nft: Nft::new(config.nft.clone()),
             always,
+            ingress_from,
             sandbox_resolvers,
             resolver,
             store,
@@ -145,6 +155,7 @@ impl Manager {
                 names: BTreeMap::new(),
                 setup: None,
                 applied: None,
+                inbound: Inbound::default(),
                 error: None,
                 generation: 0,
                 removed: false,
@@ -326,8 +337,9 @@ impl Manager {
             .map(|n| (n.clone(), sb.names.get(n).cloned().unwrap_or_default()))
             .collect();
         self.resolve_new(&mut names).await;
+        let inbound = self.inbound(&entry.id, setup.as_ref(), &netns).await;
 
-        let desired = self.desired(&spec, setup.as_ref(), policy.as_ref(), &names);
+        let desired = self.desired(&spec, setup.as_ref(), policy.as_ref(), &names, &inbound);
         let previous = Saved {
             id: entry.id.clone(),
             spec: sb.spec.clone(),
@@ -389,6 +401,7 @@ impl Manager {
         sb.names = names;
         sb.setup = setup;
         sb.applied = Some(applied);
+        sb.inbound = inbound;
         sb.error = None;
         sb.generation += 1;
         entry.wake.notify_one();
@@ -425,13 +438,27 @@ impl Manager {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The pure inputs of the ruleset for a spec and what its names resolve to.
+    /// Who may open connections into the sandbox (see [`ingress::resolve`]).
+    async fn inbound(&self, id: &str, setup: Option<&SavedSetup>, netns: &Path) -> Inbound {
+        ingress::resolve(
+            id,
+            self.config.ingress.port,
+            &self.ingress_from,
+            setup.map(|s| &s.plan),
+            netns,
+        )
+        .await
+    }
+
+    /// The pure inputs of the ruleset for a spec, what its names resolve
+    /// to and who may connect in.
     fn desired(
         &self,
         spec: &SandboxSpec,
         setup: Option<&SavedSetup>,
         policy: Option<&ValidPolicy>,
         names: &BTreeMap<String, NameState>,
+        inbound: &Inbound,
     ) -> Desired {
         let expand = |list: &[Destination]| -> Vec<IpNet> {
             let mut nets = Vec::new();
@@ -475,6 +502,8 @@ impl Manager {
             dns,
             allow: Prefixes::merge(&allow),
             deny: Prefixes::merge(&deny),
+            ingress_port: inbound.port,
+            ingress: Prefixes::merge(&inbound.allow_from),
         }
     }
 
@@ -711,6 +740,7 @@ impl Manager {
                 None => sb.spec.iface.clone(),
             },
             network: sb.spec.network.clone(),
+            ingress: sb.applied.is_some().then(|| sb.inbound.clone()),
             applied: sb.applied.is_some(),
             error: sb.error.clone(),
             names: sb
@@ -753,6 +783,7 @@ impl Manager {
                 failing_names: sb.names.values().filter(|s| s.error.is_some()).count(),
                 accepted: counters.map(|c| c.accepted),
                 refused: counters.map(|c| c.refused),
+                inbound_refused: counters.map(|c| c.inbound_refused),
             });
         }
         out
@@ -859,7 +890,6 @@ impl Manager {
         sb.names = saved.names;
         sb.setup = saved.setup.clone();
         sb.generation += 1;
-        let desired = self.desired(&saved.spec, sb.setup.as_ref(), policy.as_ref(), &sb.names);
         let built = match &saved.setup {
             Some(setup) => match self.setup.ensure_host().await {
                 Ok(()) => self
@@ -875,6 +905,15 @@ impl Manager {
             .and_then(|()| target(&saved.spec, saved.setup.as_ref()).map_err(|e| e.message))
         {
             Ok(path) => {
+                let inbound = self.inbound(&saved.id, sb.setup.as_ref(), &path).await;
+                let desired = self.desired(
+                    &saved.spec,
+                    sb.setup.as_ref(),
+                    policy.as_ref(),
+                    &sb.names,
+                    &inbound,
+                );
+                sb.inbound = inbound;
                 let started = Instant::now();
                 let r = apply::apply(&self.nft, &path, None, &desired).await;
                 self.metrics.record_apply(r.is_ok(), started.elapsed());
@@ -1039,7 +1078,13 @@ async fn refresher(manager: Arc<Manager>, entry: Arc<Entry>) {
         if !changed {
             continue;
         }
-        let desired = manager.desired(&sb.spec, sb.setup.as_ref(), sb.policy.as_ref(), &sb.names);
+        let desired = manager.desired(
+            &sb.spec,
+            sb.setup.as_ref(),
+            sb.policy.as_ref(),
+            &sb.names,
+            &sb.inbound,
+        );
         let Ok(path) = target(&sb.spec, sb.setup.as_ref()) else {
             continue;
         };

@@ -29,6 +29,7 @@ pub struct SandboxSample {
     pub names: usize,
     pub accepted: Option<u64>,
     pub refused: Option<u64>,
+    pub inbound_refused: Option<u64>,
 }
 
 impl Metrics {
@@ -132,6 +133,12 @@ impl Metrics {
                 "counter",
                 "Packets judged by a sandbox's policy, by verdict.",
                 packets,
+            ),
+            (
+                "netctl_inbound_refused_packets_total",
+                "counter",
+                "Packets sent into a sandbox that its inbound rules refused (new connections not to the agent's port from an allowed source).",
+                per_sandbox(&|s| s.inbound_refused.map(|n| n as f64)),
             ),
         ];
         let mut out = String::new();

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use nftables::schema::Nftables;
 
 use crate::netns::{self, NetnsError};
-use crate::ruleset::{COUNTER_ACCEPTED, COUNTER_REFUSED, TABLE};
+use crate::ruleset::{COUNTER_ACCEPTED, COUNTER_INBOUND_REFUSED, COUNTER_REFUSED, TABLE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
@@ -40,11 +40,14 @@ pub struct Nft {
 }
 
 /// Packets our rules accepted and refused (named counters; they survive
-/// re-applies of the same table).
+/// re-applies of the same table). `accepted` and `refused` count what the
+/// sandbox sent, `inbound_refused` what was sent to it and refused.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counters {
     pub accepted: u64,
     pub refused: u64,
+    #[serde(default)]
+    pub inbound_refused: u64,
 }
 
 impl Nft {
@@ -143,20 +146,23 @@ impl Nft {
             })
     }
 
-    /// Our policy chain as nft prints it in JSON (which sets its rules
-    /// point at); `None` when our table is not there.
-    /// Only a missing table or chain counts as `None`: any other failure
+    /// Our table's rules as nft prints them in JSON, without set contents
+    /// (`-t`): which sets the rules point at. `None` when our table is not
+    /// there. Only a missing table counts as `None`: any other failure
     /// would make us guess which copies are live.
-    pub async fn list_policy_chain(&self, netns: &Path) -> Result<Option<String>, NftError> {
-        // As a JSON command: nft's text grammar cannot name a chain called
-        // `policy` (a keyword).
+    pub async fn list_rules(&self, netns: &Path) -> Result<Option<String>, NftError> {
+        // As a JSON command, like every batch of ours.
         let json =
-            serde_json::to_string(&crate::ruleset::list_policy()).map_err(|e| NftError::Nft {
+            serde_json::to_string(&crate::ruleset::list_rules()).map_err(|e| NftError::Nft {
                 netns: netns.to_path_buf(),
                 message: format!("serialise listing: {e}"),
             })?;
         let program = self.program.clone();
-        match netns::run_in(netns, move || run(&program, &["-j", "-f", "-"], Some(json))).await? {
+        match netns::run_in(netns, move || {
+            run(&program, &["-t", "-j", "-f", "-"], Some(json))
+        })
+        .await?
+        {
             Ok(out) => Ok(Some(out)),
             Err(RunError::Failed(m)) if m.contains(NFT_NOT_FOUND) => Ok(None),
             Err(RunError::Failed(message) | RunError::Spawn(message)) => Err(NftError::Nft {
@@ -249,6 +255,7 @@ fn parse_counters(raw: &str) -> Result<Counters, String> {
         match counter["name"].as_str() {
             Some(COUNTER_ACCEPTED) => counters.accepted = packets,
             Some(COUNTER_REFUSED) => counters.refused = packets,
+            Some(COUNTER_INBOUND_REFUSED) => counters.inbound_refused = packets,
             _ => {}
         }
     }
@@ -261,8 +268,9 @@ mod tests {
     fn parses_named_counters() {
         let raw = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
             {"counter": {"family": "inet", "name": "accepted", "table": "sbx_netctl", "handle": 1, "packets": 7, "bytes": 420}},
-            {"counter": {"family": "inet", "name": "refused", "table": "sbx_netctl", "handle": 2, "packets": 3, "bytes": 180}}]}"#;
+            {"counter": {"family": "inet", "name": "refused", "table": "sbx_netctl", "handle": 2, "packets": 3, "bytes": 180}},
+            {"counter": {"family": "inet", "name": "inbound_refused", "table": "sbx_netctl", "handle": 3, "packets": 4, "bytes": 240}}]}"#;
         let c = super::parse_counters(raw).unwrap();
-        assert_eq!((c.accepted, c.refused), (7, 3));
+        assert_eq!((c.accepted, c.refused, c.inbound_refused), (7, 3, 4));
     }
 }

@@ -3,6 +3,7 @@
 use sbx_proto::policy::NetworkPolicy;
 use serde::{Deserialize, Serialize};
 
+use crate::ingress::Inbound;
 use crate::nft::Counters;
 
 /// The `setup` section of a view: the saved plan, names and addresses.
@@ -19,6 +20,9 @@ pub struct SandboxView {
     pub setup: Option<SetupView>,
     /// `null`: no policy, everything allowed.
     pub network: Option<NetworkPolicy>,
+    /// Who may open connections into the sandbox, once rules are applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<Inbound>,
     /// Whether the rules last computed are in the kernel.
     pub applied: bool,
     /// Why the last apply or refresh failed, if it did.

@@ -32,6 +32,8 @@ use crate::process::{piped, ChildGuard};
 
 /// Port of every echo server in the internet namespace.
 pub const PORT: u16 = 8080;
+/// The agent's port: the only one a sandbox accepts new connections on.
+pub const AGENT_PORT: u16 = 9501;
 
 /// Servers in the internet namespace (all on its loopback, routed to).
 pub const V4_A: &str = "198.51.100.10";
@@ -227,8 +229,13 @@ pub struct EchoServer {
 
 impl EchoServer {
     pub fn start(ns_path: &str) -> Self {
-        let listener = in_netns(ns_path, || {
-            TcpListener::bind(("::", PORT)).expect("bind echo server in namespace")
+        Self::start_on(ns_path, PORT)
+    }
+
+    /// An echo server on `[::]:port` (IPv4 too) inside a namespace.
+    pub fn start_on(ns_path: &str, port: u16) -> Self {
+        let listener = in_netns(ns_path, move || {
+            TcpListener::bind(("::", port)).expect("bind echo server in namespace")
         });
         listener.set_nonblocking(true).expect("nonblocking");
         let stop = Arc::new(AtomicBool::new(false));

@@ -30,7 +30,7 @@ use crate::netns::{link, Netns};
 use crate::process::ChildGuard;
 
 pub use crate::netctl_support::{
-    probe_tcp, NsThread, Outcome, DNS_V4, PORT, V4_A, V4_B, V4_C, V6_A,
+    probe_tcp, NsThread, Outcome, AGENT_PORT, DNS_V4, PORT, V4_A, V4_B, V4_C, V6_A,
 };
 
 /// Addresses of the host's uplink (and the internet's end of it).
@@ -81,6 +81,12 @@ pub struct SetupWorld {
 
 impl SetupWorld {
     pub fn new() -> Self {
+        Self::with_config("")
+    }
+
+    /// A world whose netctl config gets `extra` TOML appended (after the
+    /// `[setup]` table, so start it with a table header of its own).
+    pub fn with_config(extra: &str) -> Self {
         let internet = Netns::new("sti");
         let host = Netns::new("sth");
         let (uplink, _) = link(
@@ -107,7 +113,7 @@ impl SetupWorld {
         let config = format!(
             "[dns]\nupstreams = [\"{DNS_V4}\"]\nmin_ttl = 1\nmax_ttl = 60\ngrace = 3\ntimeout_ms = 500\n\
              [setup]\nnetns_prefix = \"{netns_prefix}\"\nhost_iface_prefix = \"{iface_prefix}\"\n\
-             ipv4_pool = \"{IPV4_POOL}\"\nipv6_pool = \"{IPV6_POOL}\"\nuplink = \"{uplink}\"\n"
+             ipv4_pool = \"{IPV4_POOL}\"\nipv6_pool = \"{IPV6_POOL}\"\nuplink = \"{uplink}\"\n{extra}\n"
         );
         fs::write(dir.path().join("config.toml"), config).expect("config");
         let mut world = Self {
@@ -660,6 +666,11 @@ pub fn probe_from(ns_path: &str, addr: SocketAddr, timeout: Duration) -> (Outcom
 /// An echo server on `[::]:PORT` inside a netctl-made sandbox.
 pub fn echo_in(ns_path: &str) -> EchoServer {
     EchoServer::start(ns_path)
+}
+
+/// An echo server on `[::]:port` inside a netctl-made sandbox.
+pub fn echo_on(ns_path: &str, port: u16) -> EchoServer {
+    EchoServer::start_on(ns_path, port)
 }
 
 /// `cat <path>` inside a namespace (sysctls under /proc/sys/net are per

@@ -224,9 +224,10 @@ fn replies_to_connections_into_the_sandbox_still_flow() {
     }
     let w = World::new();
     w.put_ok("sb", r#"{"allow_internet_access": false}"#);
-    // A server in the sandbox, reached from the internet namespace.
-    let _server = EchoServer::start(&w.sandbox.path());
-    let addr: std::net::SocketAddr = format!("192.0.2.2:{PORT}").parse().unwrap();
+    // A server in the sandbox on the agent's port, reached from the
+    // internet namespace: the sandbox's gateway, so inbound rules let it in.
+    let _server = EchoServer::start_on(&w.sandbox.path(), AGENT_PORT);
+    let addr: std::net::SocketAddr = format!("192.0.2.2:{AGENT_PORT}").parse().unwrap();
     let (outcome, _) = in_netns(&w.internet.path(), move || {
         probe_tcp(addr, Duration::from_secs(2))
     });

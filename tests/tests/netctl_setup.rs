@@ -257,12 +257,13 @@ fn sandbox_reaches_the_internet_under_its_policy_and_never_its_neighbour() {
         "sandbox traffic should leave masqueraded as the host's uplink address"
     );
 
-    // Isolation: servers in both sandboxes, reachable from the host itself
-    // (so they do listen), never from the other sandbox.
-    let _echo_a = echo_in(&sa.netns_path);
-    let _echo_b = echo_in(&sb.netns_path);
-    let a_addr = SocketAddr::new(IpAddr::V4(sa.ipv4_addr()), port);
-    let b_addr = SocketAddr::new(IpAddr::V4(sb.ipv4_addr()), port);
+    // Isolation: servers in both sandboxes on the agent's port (the only
+    // one open inbound), reachable from the host itself (so they do
+    // listen), never from the other sandbox.
+    let _echo_a = echo_on(&sa.netns_path, AGENT_PORT);
+    let _echo_b = echo_on(&sb.netns_path, AGENT_PORT);
+    let a_addr = SocketAddr::new(IpAddr::V4(sa.ipv4_addr()), AGENT_PORT);
+    let b_addr = SocketAddr::new(IpAddr::V4(sb.ipv4_addr()), AGENT_PORT);
     let host_path = w.host.path();
     for target in [a_addr, b_addr] {
         let (outcome, _) = retry_ok(&host_path, target, Duration::from_secs(3));
@@ -286,8 +287,8 @@ fn sandbox_reaches_the_internet_under_its_policy_and_never_its_neighbour() {
     assert!(!outcome.is_ok(), "A reached B at {b_addr}");
     // IPv6 too.
     if let (Some(a6), Some(b6)) = (&sa.ipv6, &sb.ipv6) {
-        let a6 = SocketAddr::new(a6.split('/').next().unwrap().parse().unwrap(), port);
-        let b6 = SocketAddr::new(b6.split('/').next().unwrap().parse().unwrap(), port);
+        let a6 = SocketAddr::new(a6.split('/').next().unwrap().parse().unwrap(), AGENT_PORT);
+        let b6 = SocketAddr::new(b6.split('/').next().unwrap().parse().unwrap(), AGENT_PORT);
         let (outcome, _) = retry_ok(&host_path, a6, Duration::from_secs(3));
         assert_eq!(outcome, Outcome::Ok, "host -> {a6} (control)");
         let (outcome, _) = probe_from(&sb.netns_path, a6, Duration::from_secs(1));

@@ -6,8 +6,10 @@
 //! ```text
 //! table inet sbx_netctl
 //!   chain output  (hook output, filter)  -> jump policy
+//!   chain input   (hook input, filter)   -> jump inbound
 //!   chain forward (hook forward, filter) -> iifname <iface> jump policy
-//!   chain policy:
+//!                                           oifname <iface> jump inbound
+//!   chain policy:                                    what the sandbox sends (egress.rs)
 //!     oif lo accept                                  own loopback
 //!     icmpv6 neighbour discovery, hop limit 255      IPv6 keeps working
 //!     icmpv6 MLDv2 report to ff02::16, hop limit 1   no refused-counter noise
@@ -18,6 +20,10 @@
 //!     ip/ip6 daddr @deny4/6     goto refuse
 //!     accept | goto refuse                           allow_internet_access
 //!   chain refuse: counter, tcp reset, icmpx admin-prohibited
+//!   chain inbound:                                   connections into it (ingress.rs)
+//!     ... tcp dport 9501 ip/ip6 saddr @ingress4/6 accept
+//!     goto refuse_in
+//!   chain refuse_in: counter inbound_refused, tcp reset, icmpx admin-prohibited
 //! ```
 //!
 //! Every set exists as two copies (`deny4_0`, `deny4_1`) and the rules name
@@ -29,6 +35,7 @@
 //! sandbox skip the sets.
 
 mod egress;
+mod ingress;
 mod sets;
 #[cfg(test)]
 mod tests;
@@ -40,8 +47,8 @@ use nftables::stmt::{Reject, RejectType, Statement};
 use nftables::types::{NfChainType, NfHook, RejectCode};
 
 use crate::nft_schema::{self, count, eq, jump, meta};
-pub use sets::{referenced, Prefixes, SetKind, Slots};
 use sets::{add_elements, set_decl};
+pub use sets::{referenced, Prefixes, SetKind, Slots};
 
 /// Our table's name in every sandbox netns.
 pub const TABLE: &str = "sbx_netctl";
@@ -49,12 +56,17 @@ pub const TABLE: &str = "sbx_netctl";
 const PRIO_FILTER: i32 = 0;
 
 const CHAIN_OUTPUT: &str = "output";
+const CHAIN_INPUT: &str = "input";
 const CHAIN_FORWARD: &str = "forward";
 const CHAIN_POLICY: &str = "policy";
 const CHAIN_REFUSE: &str = "refuse";
+const CHAIN_INBOUND: &str = "inbound";
+const CHAIN_REFUSE_IN: &str = "refuse_in";
 
 pub const COUNTER_ACCEPTED: &str = "accepted";
 pub const COUNTER_REFUSED: &str = "refused";
+/// Packets of connections into the sandbox that the inbound rules refused.
+pub const COUNTER_INBOUND_REFUSED: &str = "inbound_refused";
 
 /// How a refused packet fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -77,6 +89,10 @@ pub struct Desired {
     pub dns: Prefixes,
     pub allow: Prefixes,
     pub deny: Prefixes,
+    /// The one TCP port new connections into the sandbox may go to.
+    pub ingress_port: u16,
+    /// Where they may come from (empty: nowhere).
+    pub ingress: Prefixes,
 }
 
 impl Desired {
@@ -86,6 +102,7 @@ impl Desired {
             SetKind::Dns => &self.dns,
             SetKind::Allow => &self.allow,
             SetKind::Deny => &self.deny,
+            SetKind::Ingress => &self.ingress,
         }
     }
 }
@@ -205,11 +222,12 @@ fn change(
 fn switch(desired: &Desired, slots: Slots) -> Nftables<'static> {
     let mut batch = Batch::new();
     batch.add(NfListObject::Table(nft_schema::table(TABLE)));
-    for name in [COUNTER_ACCEPTED, COUNTER_REFUSED] {
+    for name in [COUNTER_ACCEPTED, COUNTER_REFUSED, COUNTER_INBOUND_REFUSED] {
         batch.add(nft_schema::counter(TABLE, name));
     }
     for (name, hook) in [
         (CHAIN_OUTPUT, NfHook::Output),
+        (CHAIN_INPUT, NfHook::Input),
         (CHAIN_FORWARD, NfHook::Forward),
     ] {
         batch.add(NfListObject::Chain(nft_schema::base_chain(
@@ -220,9 +238,18 @@ fn switch(desired: &Desired, slots: Slots) -> Nftables<'static> {
             PRIO_FILTER,
         )));
     }
-    batch.add(NfListObject::Chain(nft_schema::chain(TABLE, CHAIN_POLICY)));
-    batch.add(NfListObject::Chain(nft_schema::chain(TABLE, CHAIN_REFUSE)));
-    for name in [CHAIN_OUTPUT, CHAIN_FORWARD, CHAIN_POLICY, CHAIN_REFUSE] {
+    for name in [CHAIN_POLICY, CHAIN_REFUSE, CHAIN_INBOUND, CHAIN_REFUSE_IN] {
+        batch.add(NfListObject::Chain(nft_schema::chain(TABLE, name)));
+    }
+    for name in [
+        CHAIN_OUTPUT,
+        CHAIN_INPUT,
+        CHAIN_FORWARD,
+        CHAIN_POLICY,
+        CHAIN_REFUSE,
+        CHAIN_INBOUND,
+        CHAIN_REFUSE_IN,
+    ] {
         batch.add_cmd(NfCmd::Flush(FlushObject::Chain(nft_schema::chain(
             TABLE, name,
         ))));
@@ -232,24 +259,38 @@ fn switch(desired: &Desired, slots: Slots) -> Nftables<'static> {
         CHAIN_OUTPUT,
         vec![jump(CHAIN_POLICY)],
     ));
+    batch.add(nft_schema::rule(
+        TABLE,
+        CHAIN_INPUT,
+        vec![jump(CHAIN_INBOUND)],
+    ));
     if let Some(iface) = &desired.iface {
-        batch.add(nft_schema::rule(
-            TABLE,
-            CHAIN_FORWARD,
-            vec![
-                eq(
-                    meta(MetaKey::Iifname),
-                    Expression::String(iface.clone().into()),
-                ),
-                jump(CHAIN_POLICY),
-            ],
-        ));
+        // From the microVM: what it sends; toward it: connections into it.
+        for (key, target) in [
+            (MetaKey::Iifname, CHAIN_POLICY),
+            (MetaKey::Oifname, CHAIN_INBOUND),
+        ] {
+            batch.add(nft_schema::rule(
+                TABLE,
+                CHAIN_FORWARD,
+                vec![
+                    eq(meta(key), Expression::String(iface.clone().into())),
+                    jump(target),
+                ],
+            ));
+        }
     }
     for r in egress::policy_rules(desired, slots) {
         batch.add(nft_schema::rule(TABLE, CHAIN_POLICY, r));
     }
-    for r in refuse_rules(desired.refusal) {
+    for r in refuse_rules(desired.refusal, COUNTER_REFUSED) {
         batch.add(nft_schema::rule(TABLE, CHAIN_REFUSE, r));
+    }
+    for r in ingress::inbound_rules(desired, slots) {
+        batch.add(nft_schema::rule(TABLE, CHAIN_INBOUND, r));
+    }
+    for r in refuse_rules(desired.refusal, COUNTER_INBOUND_REFUSED) {
+        batch.add(nft_schema::rule(TABLE, CHAIN_REFUSE_IN, r));
     }
     // The copies no rule points at any more (adding first makes the delete
     // succeed whether or not the copy is there).
@@ -263,13 +304,12 @@ fn switch(desired: &Desired, slots: Slots) -> Nftables<'static> {
     batch.to_nftables()
 }
 
-/// The command that lists our policy chain (read by [`referenced`]).
-pub fn list_policy() -> Nftables<'static> {
+/// The command that lists our table (read by [`referenced`]; run with
+/// `-t`, so set contents are left out and only the rules' references
+/// remain).
+pub fn list_rules() -> Nftables<'static> {
     let mut batch = Batch::new();
-    batch.add_cmd(NfCmd::List(NfListObject::Chain(nft_schema::chain(
-        TABLE,
-        CHAIN_POLICY,
-    ))));
+    batch.add_cmd(NfCmd::List(NfListObject::Table(nft_schema::table(TABLE))));
     batch.to_nftables()
 }
 
@@ -279,11 +319,12 @@ pub fn remove() -> Nftables<'static> {
     nft_schema::remove_table(TABLE)
 }
 
-fn refuse_rules(refusal: Refusal) -> Vec<Vec<Statement<'static>>> {
+/// A refusal chain counting into `counter`.
+fn refuse_rules(refusal: Refusal, counter: &'static str) -> Vec<Vec<Statement<'static>>> {
     match refusal {
-        Refusal::Drop => vec![vec![count(COUNTER_REFUSED), Statement::Drop(None)]],
+        Refusal::Drop => vec![vec![count(counter), Statement::Drop(None)]],
         Refusal::Reject => vec![
-            vec![count(COUNTER_REFUSED)],
+            vec![count(counter)],
             vec![
                 eq(meta(MetaKey::L4proto), Expression::String("tcp".into())),
                 Statement::Reject(Some(Reject::new(Some(RejectType::TCPReset), None))),
@@ -295,4 +336,3 @@ fn refuse_rules(refusal: Refusal) -> Vec<Vec<Statement<'static>>> {
         ],
     }
 }
-

@@ -11,9 +11,11 @@ use crate::route::AGENT_PORT;
 /// How a request was let through.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Access {
-    /// A public exposed port: nothing was consumed, nothing is stripped but
-    /// what is always stripped.
-    Public,
+    /// A public exposed port: nothing was consumed. `platform_credential`
+    /// says the request carries a valid platform credential anyway (a
+    /// caller's API key sent to every host): it is removed all the same,
+    /// while an application's own `Authorization` passes.
+    Public { platform_credential: bool },
     /// The caller authenticated; the credential (and its context, from the
     /// query when `context_from_query`) is removed before forwarding.
     Authenticated { context_from_query: bool },
@@ -31,12 +33,24 @@ pub async fn decide(
 ) -> Result<Access, ProxyError> {
     let spec = &sandbox.spec;
     let exposed = port != AGENT_PORT && spec.exposed_ports.binary_search(&port).is_ok();
+    let presented = presented(headers, query);
     // Step 2 and 3: 9501 never takes the public path.
     if exposed && spec.allow_unauthenticated_access {
-        return Ok(Access::Public);
+        let platform_credential = match &presented {
+            // Only a credential the store knows is the platform's; an
+            // unknown bearer token is the application's own.
+            Some((credential, context)) => !matches!(
+                store.verify(credential, context).await,
+                Ok(Verdict::Invalid)
+            ),
+            None => false,
+        };
+        return Ok(Access::Public {
+            platform_credential,
+        });
     }
     // Step 4.
-    let Some((credential, context)) = presented(headers, query) else {
+    let Some((credential, context)) = presented else {
         return Err(ProxyError::new(
             Code::Unauthorized,
             "authentication required: an API key, or a personal access token or session with X-Forwarded-Organization-Id and X-Forwarded-Project-Id",

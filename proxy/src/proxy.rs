@@ -223,9 +223,15 @@ impl Proxy {
         headers::strip_hop_by_hop(h, upgrade, http2);
         headers::strip_proxy_headers(h);
         headers::strip_session_cookies(h);
-        if let Access::Authenticated { context_from_query } = access {
+        let (consumed, context_from_query) = match access {
+            Access::Authenticated { context_from_query } => (true, *context_from_query),
+            Access::Public {
+                platform_credential,
+            } => (*platform_credential, false),
+        };
+        if consumed {
             headers::strip_credentials(h);
-            if *context_from_query {
+            if context_from_query {
                 let path = request
                     .uri()
                     .path_and_query()
@@ -240,14 +246,15 @@ impl Proxy {
         }
         let h = request.headers_mut();
         headers::set_forwarded(h, conn.peer.ip(), conn.tls, host);
-        // An HTTP/2 client sends `:authority`, an HTTP/1.1 service wants Host.
-        if !h.contains_key(header::HOST) && !http2 {
+        // The service sees the host that routed the request: an HTTP/2
+        // client's `:authority`, or an absolute-form target's authority,
+        // which wins over a `Host` field (RFC 9112 3.2.2). An HTTP/2
+        // service gets it as `:authority` instead.
+        h.remove(header::HOST);
+        if !http2 {
             if let Some(value) = host.and_then(|v| HeaderValue::from_str(v).ok()) {
                 h.insert(header::HOST, value);
             }
-        }
-        if http2 {
-            h.remove(header::HOST);
         }
         if port == AGENT_PORT {
             let key = sandbox.key.as_ref().map_err(|why| {

@@ -336,7 +336,31 @@ impl Manager {
             .iter()
             .map(|n| (n.clone(), sb.names.get(n).cloned().unwrap_or_default()))
             .collect();
+        let first_seen: Vec<String> = names
+            .iter()
+            .filter(|(_, s)| s.resolved_at_ms.is_none() && s.addrs.is_empty())
+            .map(|(n, _)| n.clone())
+            .collect();
         self.resolve_new(&mut names).await;
+        // SPEC 4: a domain that does not resolve when the policy is set is
+        // refused, naming it, before anything is saved or applied, so the
+        // previous policy stays in force. Names the policy already had keep
+        // their history and are left to the refresher.
+        if let Some((name, why)) = first_seen.iter().find_map(|n| {
+            let state = names.get(n)?;
+            match (&state.error, state.addrs.is_empty()) {
+                (Some(why), true) => Some((n, why)),
+                _ => None,
+            }
+        }) {
+            self.metrics
+                .rejected_requests
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::new(
+                ErrorCode::InvalidPolicy,
+                format!("domain {name:?} does not resolve: {why}"),
+            ));
+        }
         let inbound = self.inbound(&entry.id, setup.as_ref(), &netns).await;
 
         let desired = self.desired(&spec, setup.as_ref(), policy.as_ref(), &names, &inbound);

@@ -85,6 +85,16 @@ fn bad_policy_is_refused_and_old_rules_stay() {
     );
     assert_eq!(r.status, 400, "{}", r.body);
     assert_eq!(rules_only(&w.nft_table().expect("table")), before);
+    // A domain that does not resolve when the policy is set (SPEC 4).
+    let r = w.api().call(
+        "PATCH",
+        "/v1/sandboxes/sb",
+        Some(r#"{"network": {"allow_internet_access": false, "allow_out": ["nowhere.test"]}}"#),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["code"], "INVALID_POLICY");
+    assert!(r.body.contains("nowhere.test"), "{}", r.body);
+    assert_eq!(rules_only(&w.nft_table().expect("table")), before);
     w.assert_refused(V4_B);
     w.assert_reachable(V4_A);
     // Bad ids and netns references are refused too.

@@ -11,6 +11,12 @@ pub enum Credentials {
     /// Nothing: the sandbox API's unauthenticated localhost mode.
     Anonymous,
     Bearer(String),
+    /// Through sbx-proxy: an API key, and the sandbox named in the routing
+    /// header (the URL is the proxy's).
+    ViaProxy {
+        api_key: String,
+        sandbox: String,
+    },
     Forwarded {
         key: ForwardedAuthKey,
         sandbox_id: String,
@@ -36,6 +42,8 @@ pub enum CredentialsError {
     NoSandboxId,
     #[error("token must be visible ASCII without spaces")]
     BadToken,
+    #[error("--via-proxy takes a sandbox id or name (lowercase letters, digits, '-')")]
+    BadSandbox,
 }
 
 impl Credentials {
@@ -77,11 +85,32 @@ impl Credentials {
         Ok(Self::Bearer(token))
     }
 
+    /// Sends the bearer token as an API key to sbx-proxy, routed to
+    /// `sandbox` by header.
+    pub fn via_proxy(self, sandbox: Option<String>) -> Result<Self, CredentialsError> {
+        let Some(sandbox) = sandbox else {
+            return Ok(self);
+        };
+        let valid = !sandbox.is_empty()
+            && sandbox.len() <= 63
+            && sandbox
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        match self {
+            Self::Bearer(api_key) if valid => Ok(Self::ViaProxy { api_key, sandbox }),
+            Self::Bearer(_) => Err(CredentialsError::BadSandbox),
+            other => Ok(other),
+        }
+    }
+
     /// One request header line (`Name: value\r\n`), minted fresh.
     pub fn header_line(&self) -> String {
         match self {
             Self::Anonymous => String::new(),
             Self::Bearer(token) => format!("Authorization: Bearer {token}\r\n"),
+            Self::ViaProxy { api_key, sandbox } => {
+                format!("Authorization: Bearer {api_key}\r\nX-Tensorlake-Sandbox-Id: {sandbox}\r\n")
+            }
             Self::Forwarded {
                 key,
                 sandbox_id,

@@ -200,6 +200,10 @@ struct AuthArgs {
     /// Lifetime of each minted forwarded-auth token, in seconds.
     #[arg(long, default_value_t = 300)]
     token_ttl: u64,
+    /// Go through sbx-proxy: the URL is the proxy's (its plain listener),
+    /// this names the sandbox, and the token is your API key.
+    #[arg(long, value_name = "ID_OR_NAME", conflicts_with = "key_file")]
+    via_proxy: Option<String>,
 }
 
 impl AuthArgs {
@@ -210,7 +214,8 @@ impl AuthArgs {
             self.key_file.as_deref(),
             self.sandbox_id,
             self.token_ttl,
-        )
+        )?
+        .via_proxy(self.via_proxy)
     }
 }
 

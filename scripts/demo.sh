@@ -179,15 +179,17 @@ cat > "$WORK/proxy.toml" <<EOF
 domains = ["sbx.demo", "local"]
 listen_https = "127.0.0.1:8443"
 listen_http = "127.0.0.1:8080"
+listen_api = "127.0.0.1:8900"
 tls_cert = "$WORK/tls.pem"
 tls_key = "$WORK/tls.key"
 admin_socket = "$WORK/proxy-admin.sock"
 state_dir = "$WORK/proxy-state"
 [auth]
 credentials_file = "$WORK/credentials.toml"
+[api]
+netctl_socket = "$SOCK"
 EOF
 sbx_proxy() { "$BIN/sbx-proxy" "$@"; }
-proxy_admin() { sbx_proxy sandbox --admin-socket "$WORK/proxy-admin.sock" "$@"; }
 API_KEY=$(sbx_proxy credentials --file "$WORK/credentials.toml" add-api-key --org demo-org --project demo-project 2>/dev/null)
 ok "API key for project demo-org/demo-project (only its SHA-256 is stored): ${API_KEY:0:14}…"
 spawn "$WORK/proxy.out" "$WORK/proxy.log" in_host "$BIN/sbx-proxy" serve --config "$WORK/proxy.toml"
@@ -197,11 +199,12 @@ mkdir -p "$WORK/app"
 echo "hello from a web app bound to 127.0.0.1:8080 inside the sandbox" > "$WORK/app/index.html"
 spawn /dev/null "$WORK/app.log" in_sandbox python3 -m http.server 8080 --bind 127.0.0.1 --directory "$WORK/app"
 for _ in $(seq 100); do in_sandbox bash -c 'exec 3<>/dev/tcp/127.0.0.1/8080' 2>/dev/null && break; sleep 0.05; done
-proxy_admin put "$SANDBOX" --json - >/dev/null <<EOF
+# The control plane registers the sandbox with the proxy (admin socket).
+sbx_proxy sandbox --admin-socket "$WORK/proxy-admin.sock" put "$SANDBOX" --json - >/dev/null <<EOF
 {"organization_id": "demo-org", "project_id": "demo-project", "agent": "$SANDBOX_IP:9501",
- "forwarded_auth_key_file": "$WORK/forwarded-auth.key", "exposed_ports": []}
+ "forwarded_auth_key_file": "$WORK/forwarded-auth.key", "network_policy": $POLICY}
 EOF
-ok "sandbox $SANDBOX registered with the proxy (agent $SANDBOX_IP:9501, no port exposed yet)"
+ok "sandbox $SANDBOX registered with the proxy (agent $SANDBOX_IP:9501, no port exposed)"
 pcurl() { in_host curl -sS --cacert "$WORK/ca.pem" --resolve "8080-$SANDBOX.sbx.demo:8443:127.0.0.1" \
   --resolve "$SANDBOX.sbx.demo:8443:127.0.0.1" "$@"; }
 APP="https://8080-$SANDBOX.sbx.demo:8443/"
@@ -209,19 +212,39 @@ MGMT="https://$SANDBOX.sbx.demo:8443/api/v1"
 show() { printf '    %s\n      → %s\n' "$1" "$2"; }
 code() { pcurl -o /dev/null -w '%{http_code}' "$@"; }
 body_code() { pcurl -w ' (%{http_code})' "$@" | tr -d '\n'; }
+sbx_port() { in_host "$BIN/sbx" port "$@" --api-url http://127.0.0.1:8900 --api-key "$API_KEY"; }
 show "curl $APP" "$(body_code "$APP")"
-show "curl -H 'Authorization: Bearer <key>' $APP" "$(body_code -H "Authorization: Bearer $API_KEY" "$APP")"
-proxy_admin patch "$SANDBOX" --json - >/dev/null <<<'{"exposed_ports": [8080], "allow_unauthenticated_access": true}'
-ok "port 8080 exposed and public (exposed_ports=[8080], allow_unauthenticated_access=true)"
+info "sbx port expose $SANDBOX 8080   (public, as \`tl sbx port expose\`)"
+sbx_port expose "$SANDBOX" 8080 | sed 's/^/      /'
 show "curl --http2 $APP" "$(pcurl --http2 -w ' (HTTP/%{http_version} %{http_code})' "$APP" | tr -d '\n')"
-show "curl $MGMT/info (the agent, port 9501)" "$(code "$MGMT/info") (the agent always needs a credential)"
-show "curl -H 'Authorization: Bearer <key>' $MGMT/info" "$(pcurl -H "Authorization: Bearer $API_KEY" "$MGMT/info")"
+info "sbx port rm $SANDBOX 8080"
+sbx_port rm "$SANDBOX" 8080 | sed 's/^/      /'
+show "curl $APP" "$(code "$APP")"
+
+info "the Tensorlake SDK against the proxy's sandbox API: expose 8080 to API-key holders only"
+SDK_PY="$PWD/target/sdk-venv/bin/python"
+if ! "$SDK_PY" -c 'import tensorlake' 2>/dev/null; then
+  python3 -m venv target/sdk-venv && "$SDK_PY" -m pip install --quiet --disable-pip-version-check tensorlake==0.5.163
+fi
+sdk() { in_host env API_KEY="$API_KEY" "$SDK_PY" -W ignore -c "
+import os, sys
+from tensorlake.sandbox import SandboxClient
+from tensorlake.sandbox.models import NetworkConfig
+c = SandboxClient(api_url='http://127.0.0.1:8900', api_key=os.environ['API_KEY'])
+$1"; }
+sdk "i = c.expose_ports('$SANDBOX', [8080], allow_unauthenticated_access=False)
+print(f'      expose_ports → exposed_ports={i.exposed_ports} allow_unauthenticated_access={i.allow_unauthenticated_access}')"
+show "curl $APP" "$(code "$APP") (no credential)"
+show "curl -H 'Authorization: Bearer <key>' $APP" "$(body_code -H "Authorization: Bearer $API_KEY" "$APP")"
+show "curl $MGMT/info (the agent, port 9501)" "$(code "$MGMT/info") without a credential; with the key: $(pcurl -H "Authorization: Bearer $API_KEY" "$MGMT/info")"
 info "a process run through the proxy, its output streamed as Server-Sent Events:"
 pcurl -N -H "Authorization: Bearer $API_KEY" -H 'Accept: text/event-stream' -H 'Content-Type: application/json' \
   -d '{"command": "sh", "args": ["-c", "echo hello from inside; echo bye"]}' \
   "$MGMT/processes/run" | grep '^data:' | sed 's/^/      /'
-proxy_admin patch "$SANDBOX" --json - >/dev/null <<<'{"exposed_ports": []}'
-show "unexposed again: curl $APP" "$(code "$APP")"
+spawn "$WORK/ptunnel.out" "$WORK/ptunnel.log" in_host "$BIN/sbx" tunnel http://127.0.0.1:8080 6379 -l 16380 \
+  --token "$API_KEY" --via-proxy "$SANDBOX"
+wait_for "$WORK/ptunnel.out" Forwarding "sbx tunnel through the proxy"
+ok "sbx tunnel through the proxy (--via-proxy $SANDBOX): redis-cli GET → $(in_host redis-cli -p 16380 get demo:greeting)"
 info "the proxy's access log (one line per request):"
 grep 'sbx_proxy::access' "$WORK/proxy.log" | tail -3 | sed 's/^.*request /      /'
 
@@ -239,12 +262,22 @@ OUT=$(in_host "$BIN/sbx" exec "$AGENT" "${AUTH[@]}" -- bash -c "$TIMED" http://2
 bold "9. netctl show: the policy, the resolved addresses and the counters"
 netctl show "$SANDBOX" | sed 's/^/    /'
 
-bold "10. A policy change takes effect at once: allow_internet_access=false and no allow_out"
+bold "10. A policy change through the SDK (sandbox API → netctl): allow_internet_access=false"
 START=$(date +%s%N)
-echo '{"allow_internet_access": false}' | netctl set-policy "$SANDBOX" --policy - >/dev/null
-ok "applied in $(ms_since "$START") ms"
+sdk "i = c.update_sandbox('$SANDBOX', network=NetworkConfig(allow_internet_access=False))
+print(f'      update_sandbox(network=...) → network_policy={i.network_policy}')"
+ok "applied in $(ms_since "$START") ms (SDK → sbx-proxy → netctl → nftables)"
 OUT=$(in_host "$BIN/sbx" exec "$AGENT" "${AUTH[@]}" -- bash -c "$TIMED" http://203.0.113.10/ 2>&1) \
   && fail "still reachable" || ok "curl http://203.0.113.10/ now refused: $OUT"
+info "a policy naming a domain that does not resolve is refused, and nothing changes:"
+sdk "
+try:
+    c.update_sandbox('$SANDBOX', network=NetworkConfig(allow_internet_access=False, allow_out=['allowed.demo', 'nowhere.demo']))
+    sys.exit('accepted?')
+except Exception as e:
+    print('      ' + str(e)[:160])"
+OUT=$(in_host "$BIN/sbx" exec "$AGENT" "${AUTH[@]}" -- bash -c "$TIMED" http://203.0.113.10/ 2>&1) \
+  && fail "the refused policy took effect" || ok "allowed.demo is still refused: the previous policy is in force"
 ok "the tunnel still works (it is inbound): redis-cli GET → $(in_host redis-cli -p 16379 get demo:greeting)"
 
 bold "11. netctl removes the sandbox network"

@@ -253,24 +253,30 @@ impl Config {
 
     /// The always-deny list, parsed with the same strict rules as policies.
     pub fn always_deny_nets(&self) -> Result<Vec<IpNet>, String> {
-        self.always_deny
-            .iter()
-            .enumerate()
-            .map(
-                |(i, entry)| match sbx_proto::policy::parse_destination(entry) {
-                    Ok(sbx_proto::policy::Destination::Net(net)) => Ok(net),
-                    Ok(sbx_proto::policy::Destination::Domain(_)) => Err(format!(
-                        "always_deny[{i}] {entry:?}: only addresses and CIDRs are allowed"
-                    )),
-                    Err(e) => Err(format!("always_deny[{i}] {entry:?}: {e}")),
-                },
-            )
-            .collect()
+        parse_nets("always_deny", &self.always_deny)
     }
 
     pub fn lookup_timeout(&self) -> Duration {
         Duration::from_millis(self.dns.timeout_ms.max(1))
     }
+}
+
+/// A config list of addresses and CIDRs (`field[i]` named in errors),
+/// parsed with the same strict rules as policy entries; names refused.
+pub fn parse_nets(field: &str, entries: &[String]) -> Result<Vec<IpNet>, String> {
+    entries
+        .iter()
+        .enumerate()
+        .map(
+            |(i, entry)| match sbx_proto::policy::parse_destination(entry) {
+                Ok(sbx_proto::policy::Destination::Net(net)) => Ok(net),
+                Ok(sbx_proto::policy::Destination::Domain(_)) => Err(format!(
+                    "{field}[{i}] {entry:?}: only addresses and CIDRs are allowed"
+                )),
+                Err(e) => Err(format!("{field}[{i}] {entry:?}: {e}")),
+            },
+        )
+        .collect()
 }
 
 #[cfg(test)]

@@ -62,19 +62,7 @@ impl IngressConfig {
         if self.port == 0 {
             return Err("ingress.port must be between 1 and 65535".into());
         }
-        self.allow_from
-            .iter()
-            .enumerate()
-            .map(
-                |(i, entry)| match sbx_proto::policy::parse_destination(entry) {
-                    Ok(sbx_proto::policy::Destination::Net(net)) => Ok(net),
-                    Ok(sbx_proto::policy::Destination::Domain(_)) => Err(format!(
-                        "ingress.allow_from[{i}] {entry:?}: only addresses and CIDRs are allowed"
-                    )),
-                    Err(e) => Err(format!("ingress.allow_from[{i}] {entry:?}: {e}")),
-                },
-            )
-            .collect()
+        crate::config::parse_nets("ingress.allow_from", &self.allow_from)
     }
 }
 

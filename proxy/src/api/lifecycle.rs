@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{scope, ApiError, ApiState, Params};
+use super::{ApiError, ApiState, Params};
 use crate::registry::Status;
 
 /// The SDK never asks for more.
@@ -31,28 +31,20 @@ pub async fn suspend(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<StatusCode, ApiError> {
-    let scope = scope::authorize(&state, &params, &headers, uri.query()).await?;
-    let id = params.get("id").map(String::as_str).unwrap_or_default();
-    let sandbox = state.find(&scope, id).await?;
+    let sandbox = state.find_for(&params, &headers, &uri).await?;
     match sandbox.spec.status {
         Status::Suspended => return Ok(StatusCode::OK),
-        Status::Running | Status::Suspending => {}
-        other => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "INVALID_STATE",
-                format!("a {} sandbox cannot be suspended", other.as_str()),
-            ))
+        Status::Running => {
+            state.resumer.suspend(&sandbox.id).await.map_err(|why| {
+                tracing::warn!(sandbox = %sandbox.id, error = %why, "suspend failed");
+                ApiError::unavailable(format!("the sandbox could not be suspended: {why}"))
+            })?;
+            let mut status = serde_json::Map::new();
+            status.insert("status".into(), json!(Status::Suspending.as_str()));
+            state.registry.patch(&sandbox.id, status).await?;
         }
-    }
-    if sandbox.spec.status == Status::Running {
-        state.resumer.suspend(&sandbox.id).await.map_err(|why| {
-            tracing::warn!(sandbox = %sandbox.id, error = %why, "suspend failed");
-            ApiError::unavailable(format!("the sandbox could not be suspended: {why}"))
-        })?;
-        let mut status = serde_json::Map::new();
-        status.insert("status".into(), json!(Status::Suspending.as_str()));
-        state.registry.patch(&sandbox.id, status).await?;
+        Status::Suspending => {}
+        other => return Err(invalid_state(other, "suspended")),
     }
     Ok(settle(&state, &sandbox.id, Status::Suspended, wait.wait_ms).await)
 }
@@ -64,27 +56,28 @@ pub async fn resume(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<StatusCode, ApiError> {
-    let scope = scope::authorize(&state, &params, &headers, uri.query()).await?;
-    let id = params.get("id").map(String::as_str).unwrap_or_default();
-    let sandbox = state.find(&scope, id).await?;
+    let sandbox = state.find_for(&params, &headers, &uri).await?;
     match sandbox.spec.status {
         Status::Running => return Ok(StatusCode::OK),
-        Status::Suspended | Status::Suspending => {}
-        other => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "INVALID_STATE",
-                format!("a {} sandbox cannot be resumed", other.as_str()),
-            ))
-        }
+        // The same flight an on-demand resume uses: one hook call however
+        // many ask, through the API or by requests.
+        Status::Suspended | Status::Suspending => state
+            .resumer
+            .start(&sandbox.id)
+            .map_err(|e| ApiError::unavailable(e.message))?,
+        other => return Err(invalid_state(other, "resumed")),
     }
-    // The same flight an on-demand resume uses: one hook call however many
-    // ask, through the API or by requests.
-    state
-        .resumer
-        .start(&sandbox.id)
-        .map_err(|e| ApiError::unavailable(e.message))?;
     Ok(settle(&state, &sandbox.id, Status::Running, wait.wait_ms).await)
+}
+
+/// The SDK treats a 409 as "look again": it succeeds if the sandbox is
+/// already where it asked.
+fn invalid_state(status: Status, wanted: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "INVALID_STATE",
+        format!("a {} sandbox cannot be {wanted}", status.as_str()),
+    )
 }
 
 /// 200 once the registry shows `target` (within the wait asked for), else

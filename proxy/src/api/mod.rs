@@ -147,6 +147,18 @@ impl ApiState {
         }
     }
 
+    /// Authorizes the caller, then finds the sandbox the path names.
+    async fn find_for(
+        &self,
+        params: &Params,
+        headers: &HeaderMap,
+        uri: &Uri,
+    ) -> Result<Arc<Sandbox>, ApiError> {
+        let scope = scope::authorize(self, params, headers, uri.query()).await?;
+        let id = params.get("id").map(String::as_str).unwrap_or_default();
+        self.find(&scope, id).await
+    }
+
     fn info(&self, sandbox: &Sandbox) -> SandboxInfo {
         SandboxInfo::new(sandbox, &self.urls)
     }
@@ -175,8 +187,6 @@ async fn show(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Json<SandboxInfo>, ApiError> {
-    let scope = scope::authorize(&state, &params, &headers, uri.query()).await?;
-    let id = params.get("id").map(String::as_str).unwrap_or_default();
-    let sandbox = state.find(&scope, id).await?;
+    let sandbox = state.find_for(&params, &headers, &uri).await?;
     Ok(Json(state.info(&sandbox)))
 }

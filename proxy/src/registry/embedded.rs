@@ -261,22 +261,7 @@ mod tests {
     use super::*;
 
     fn spec(name: Option<&str>, agent: &str) -> SandboxSpec {
-        SandboxSpec {
-            name: name.map(str::to_owned),
-            namespace: "default".into(),
-            organization_id: "o".into(),
-            project_id: "p".into(),
-            agent: agent.parse().unwrap(),
-            forwarded_auth_key_file: None,
-            forwarded_auth_key: Some("ab".repeat(32)),
-            exposed_ports: vec![8080],
-            allow_unauthenticated_access: false,
-            status: Default::default(),
-            auto_resume: false,
-            resources: Default::default(),
-            network_policy: None,
-            netctl_socket: None,
-        }
+        SandboxSpec::sample(name, agent)
     }
 
     #[tokio::test]

@@ -202,6 +202,29 @@ impl SandboxSpec {
     }
 }
 
+impl SandboxSpec {
+    /// A valid entry for unit tests: inline key, port 8080 exposed.
+    #[cfg(test)]
+    pub(crate) fn sample(name: Option<&str>, agent: &str) -> Self {
+        Self {
+            name: name.map(str::to_owned),
+            namespace: "default".into(),
+            organization_id: "o".into(),
+            project_id: "p".into(),
+            agent: agent.parse().expect("test address"),
+            forwarded_auth_key_file: None,
+            forwarded_auth_key: Some("ab".repeat(32)),
+            exposed_ports: vec![8080],
+            allow_unauthenticated_access: false,
+            status: Status::Running,
+            auto_resume: false,
+            resources: Resources::default(),
+            network_policy: None,
+            netctl_socket: None,
+        }
+    }
+}
+
 fn read_key_file(path: &std::path::Path) -> Result<ForwardedAuthKey, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Builds the Debian packages `netctl` and `sbx-agent` into target/debian/:
+# Builds the Debian packages `netctl`, `sbx-agent` and `sbx-proxy` into
+# target/debian/:
 #
 #   scripts/build-debs.sh                 # release profile (fat LTO)
 #   PROFILE=ci scripts/build-debs.sh      # reuse the ci build (what CI does)
 #
 # Installs cargo-deb (pinned, from crates.io) under target/tools if it is not
-# there, builds both binaries with cargo, writes their man pages with
-# help2man, then packages. Prints the paths of the two .deb files, one a
-# line, on stdout; everything else goes to stderr. Layout, units and
-# maintainer scripts: packaging/README.md.
+# there, builds the three binaries with cargo, writes their man pages with
+# help2man, then packages. Prints the paths of the three .deb files
+# (netctl, sbx-agent, sbx-proxy, in that order), one a line, on stdout;
+# everything else goes to stderr. Layout, units and maintainer scripts:
+# packaging/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/install-deps.sh >&2
@@ -27,8 +29,10 @@ if ! [[ -x $cargo_deb ]] || [[ $("$cargo_deb" --version 2>/dev/null) != *" $CARG
   cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked --root "$TOOLS_ROOT" >&2
 fi
 
-step "build netctl and sbx-agent (profile $PROFILE)"
-cargo build --profile "$PROFILE" --locked --bins -p netctl -p sbx-agent >&2
+PACKAGES=(netctl sbx-agent sbx-proxy)
+
+step "build ${PACKAGES[*]} (profile $PROFILE)"
+cargo build --profile "$PROFILE" --locked --bins -p netctl -p sbx-agent -p sbx-proxy >&2
 
 # cargo-deb maps the assets' target/release/ prefix to $TARGET_DIR/$PROFILE.
 bin_dir=$TARGET_DIR/$PROFILE
@@ -40,6 +44,7 @@ manpage() { # binary one-line-description
 }
 manpage netctl "sandbox egress policy daemon and its command line"
 manpage sbx-agent "sandbox agent: management API and TCP tunnel"
+manpage sbx-proxy "sandbox proxy: public URLs into sandboxes through their agents"
 
 version=$(cargo metadata --format-version 1 --no-deps --locked \
   | python3 -c 'import json,sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"] == "netctl"))')
@@ -51,7 +56,7 @@ if [[ -n $(git status --porcelain --untracked-files=no 2>/dev/null) ]]; then com
 date=$(git log -1 --format=%cD 2>/dev/null || date -R)
 maintainer=$(sed -n 's/^maintainer = "\(.*\)"$/\1/p' netctl/Cargo.toml)
 mkdir -p target/packaging
-for pkg in netctl sbx-agent; do
+for pkg in "${PACKAGES[@]}"; do
   cat > "target/packaging/$pkg.changelog" <<CHANGELOG
 $pkg ($version) unstable; urgency=medium
 
@@ -64,13 +69,13 @@ CHANGELOG
 done
 
 mkdir -p "$OUT_DIR"
-for pkg in netctl sbx-agent; do
+for pkg in "${PACKAGES[@]}"; do
   step "cargo deb -p $pkg"
   "$cargo_deb" -p "$pkg" --profile "$PROFILE" --no-build --locked --output "$OUT_DIR" >&2
 done
 
 arch=$(dpkg --print-architecture)
-for pkg in netctl sbx-agent; do
+for pkg in "${PACKAGES[@]}"; do
   deb=$OUT_DIR/${pkg}_${version}_${arch}.deb
   [[ -f $deb ]] || { echo "build-debs: $deb was not made" >&2; exit 1; }
   echo "$deb"

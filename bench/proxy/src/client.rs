@@ -3,8 +3,10 @@
 //! is common to all columns; with no runtime and no pool in the way, the
 //! time per request is the targets' latency.
 
-use std::io::{Read as _, Write as _};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -21,10 +23,42 @@ pub struct Response {
     pub close: bool,
 }
 
+/// TCP, or a unix socket (sbx-proxy's admin API).
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Tcp(s) => s.read(buf),
+            Self::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Tcp(s) => s.write(buf),
+            Self::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.flush(),
+            Self::Unix(s) => s.flush(),
+        }
+    }
+}
+
 /// One HTTP/1.1 connection to a target.
 pub struct Conn {
-    stream: TcpStream,
-    addr: SocketAddr,
+    stream: Stream,
+    /// The peer, for messages.
+    addr: String,
     /// Received bytes not yet consumed.
     buf: Vec<u8>,
 }
@@ -37,8 +71,21 @@ impl Conn {
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
         stream.set_write_timeout(Some(IO_TIMEOUT))?;
         Ok(Self {
-            stream,
-            addr,
+            stream: Stream::Tcp(stream),
+            addr: addr.to_string(),
+            buf: Vec::with_capacity(1024),
+        })
+    }
+
+    /// A keep-alive connection to a unix socket.
+    pub fn connect_unix(socket: &Path) -> Result<Self> {
+        let stream = UnixStream::connect(socket)
+            .with_context(|| format!("connect to {}", socket.display()))?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        Ok(Self {
+            stream: Stream::Unix(stream),
+            addr: socket.display().to_string(),
             buf: Vec::with_capacity(1024),
         })
     }
@@ -157,6 +204,16 @@ impl Conn {
             self.buf.drain(..size + 2);
         }
     }
+}
+
+/// A keep-alive request with a JSON body.
+pub fn json_request(method: &str, path: &str, host: &str, body: &str) -> Vec<u8> {
+    format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: proxy-bench\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 /// `GET / HTTP/1.1` with `host`, keep-alive.

@@ -7,11 +7,19 @@
 //! agent, the proxy, nginx and the forwarder are children stopped by PID
 //! when their guards drop (at the end or on any error); if the bench itself
 //! is killed the kernel kills them via `PR_SET_PDEATHSIG`. The load
-//! generators are `wrk` and `h2load`, the same for every target. See
-//! `scripts/bench-proxy.sh`.
+//! generators are `wrk` and `h2load`, the same for every target.
+//!
+//! The control-plane sections (`api`, `resume`, `fleet`; see `control.rs`)
+//! start proxies of their own in front of the same agent: a change through
+//! the sandbox API until it is in force (the admin socket beside it), the
+//! wait of a request for a suspended sandbox with a fake control plane
+//! (`hook.rs`), and a change on one proxy of a Redis-backed pair until it
+//! is in force on the other. See `scripts/bench-proxy.sh`.
 
 mod client;
+mod control;
 mod fixture;
+mod hook;
 mod hop;
 mod load;
 mod procs;
@@ -31,6 +39,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use clap::Parser;
 
+use crate::control::{Control, ControlSettings};
 use crate::fixture::Scratch;
 use crate::load::Shape;
 use crate::report::{Row, Verdict, DIRECT, FLOOR, LABELS, NGINX, PROXY};
@@ -112,6 +121,25 @@ struct Cli {
     /// Idle client connections held for the memory figure.
     #[arg(long, default_value_t = 10_000)]
     idle_conns: usize,
+    /// PATCHes of exposed_ports through the sandbox API (and as many through
+    /// the admin socket) timed until in force (`api`).
+    #[arg(long, default_value_t = 500)]
+    api_iterations: usize,
+    /// Requests for a suspended sandbox, one at a time (`resume`).
+    #[arg(long, default_value_t = 50)]
+    resume_iterations: usize,
+    /// What the fake control plane takes to resume a sandbox, in ms.
+    #[arg(long, default_value_t = 200)]
+    resume_delay_ms: u64,
+    /// Requests sent at once for one suspended sandbox (`resume`).
+    #[arg(long, default_value_t = 50)]
+    resume_concurrency: usize,
+    /// PATCHes on one proxy of the Redis fleet watched on the other (`fleet`).
+    #[arg(long, default_value_t = 200)]
+    fleet_iterations: usize,
+    /// redis-server binary [default: redis-server on PATH or /usr/bin].
+    #[arg(long)]
+    redis_bin: Option<PathBuf>,
     /// Run only these parts (for quick experiments); all by default.
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Part>,
@@ -134,6 +162,12 @@ enum Part {
     Latency,
     Connects,
     Websocket,
+    /// Sandbox API PATCH until in force on the data plane.
+    Api,
+    /// Auto-resume through the lifecycle hook.
+    Resume,
+    /// Two proxies on a Redis registry.
+    Fleet,
 }
 
 impl Cli {
@@ -210,6 +244,22 @@ fn settings(cli: &Cli) -> Settings {
     s
 }
 
+fn control_settings(cli: &Cli) -> ControlSettings {
+    let mut s = ControlSettings {
+        api_iterations: cli.api_iterations.max(1),
+        resume_iterations: cli.resume_iterations.max(1),
+        resume_delay: Duration::from_millis(cli.resume_delay_ms),
+        resume_concurrency: cli.resume_concurrency.max(1),
+        fleet_iterations: cli.fleet_iterations.max(1),
+    };
+    if cli.quick {
+        s.api_iterations = s.api_iterations.min(100);
+        s.resume_iterations = s.resume_iterations.min(10);
+        s.fleet_iterations = s.fleet_iterations.min(50);
+    }
+    s
+}
+
 fn run(cli: &Cli) -> Result<bool> {
     let started = Instant::now();
     let nofile = procs::raise_nofile_limit()?;
@@ -275,9 +325,16 @@ fn run(cli: &Cli) -> Result<bool> {
         let proxy = rig::start_proxy(
             &cli.proxy_bin,
             &scratch,
-            agent.addr,
-            service.addr.port(),
-            access_log,
+            &rig::ProxyOptions {
+                register: Some(rig::sandbox_entry(
+                    &scratch,
+                    agent.addr,
+                    &[service.addr.port()],
+                    "running",
+                    false,
+                )),
+                ..rig::ProxyOptions::plain("sbx-proxy", access_log)
+            },
         )?;
         for n in &proxy.notes {
             notes.push(n.clone());
@@ -354,6 +411,38 @@ fn run(cli: &Cli) -> Result<bool> {
     if cli.wants(Part::Websocket) {
         bench.websocket(&mut rows)?;
     }
+    let control_parts = [Part::Api, Part::Resume, Part::Fleet];
+    if control_parts.iter().any(|&p| cli.wants(p)) {
+        match &agent {
+            Some(agent) => {
+                let control = Control {
+                    proxy_bin: &cli.proxy_bin,
+                    redis_bin: control::find_redis(cli.redis_bin.as_deref()),
+                    scratch: &scratch,
+                    runtime: &runtime,
+                    agent: agent.addr,
+                    service_port: service.addr.port(),
+                    host: bench.host.clone(),
+                    access_log,
+                    settings: control_settings(cli),
+                    notes: RefCell::default(),
+                };
+                if cli.wants(Part::Api) {
+                    control.api(&mut rows)?;
+                }
+                if cli.wants(Part::Resume) {
+                    control.resume(&mut rows)?;
+                }
+                if cli.wants(Part::Fleet) {
+                    control.fleet(&mut rows)?;
+                }
+                bench.notes.borrow_mut().extend(control.notes.take());
+            }
+            None => {
+                bench.note("api, resume and fleet rows left out: no sbx-proxy in this run".into())
+            }
+        }
+    }
     rows.append(&mut memory_rows);
     if cli.wants(Part::Memory) {
         bench.rss_after(&mut rows)?;
@@ -420,6 +509,22 @@ fn run(cli: &Cli) -> Result<bool> {
          RSS rows, direct: the same hyper service (HTTP/1.1 + h2c builder, as sbx-proxy) alone in its own process.",
         LABELS[DIRECT], LABELS[NGINX], LABELS[PROXY], LABELS[FLOOR]
     );
+    if control_parts.iter().any(|&p| cli.wants(p)) {
+        let c = control_settings(cli);
+        println!(
+            "Control plane: api = {} PATCHes of exposed_ports via listen_api (unauthenticated namespace form) and as many via the admin socket, \
+             timed from sending to the first GET through the proxy's http listener (one every 0.1 ms) with the new answer (200 vs 401); \
+             resume = {} requests for a suspended sandbox (auto_resume, public port), hook answering at once and PATCHing status running \
+             through the admin socket after D = {} ms, wait beyond D = request time - D - p50 of normal requests in the same run; \
+             {} requests at once, then hook calls counted; fleet = redis-server on a unix socket, two sbx-proxy with registry = redis+unix://, \
+             {} PATCHes on A's admin socket watched on B's data plane (and as many watched on A's). Columns other than sbx-proxy do not apply.",
+            c.api_iterations,
+            c.resume_iterations,
+            c.resume_delay.as_millis(),
+            c.resume_concurrency,
+            c.fleet_iterations,
+        );
+    }
     for n in &notes {
         println!("NOTE: {n}");
     }

@@ -43,6 +43,8 @@ pub enum Unit {
     Rate,
     /// Seconds, shown in µs.
     Micros,
+    /// Seconds, shown in ms.
+    Millis,
     /// Bytes per second, shown as MB/s (10^6 B).
     Throughput,
     /// Bytes, shown as MB (10^6 B).
@@ -56,6 +58,7 @@ impl Unit {
         match self {
             Self::Rate => format!("{v:.0} req/s"),
             Self::Micros => format!("{:.1} µs", v * 1e6),
+            Self::Millis => format!("{:.2} ms", v * 1e3),
             Self::Throughput => format!("{:.0} MB/s", v / 1e6),
             Self::Megabytes => format!("{:.1} MB", v / 1e6),
             Self::Count => format!("{v:.0}"),
@@ -65,7 +68,7 @@ impl Unit {
     fn name(self) -> &'static str {
         match self {
             Self::Rate => "requests_per_sec",
-            Self::Micros => "seconds",
+            Self::Micros | Self::Millis => "seconds",
             Self::Throughput => "bytes_per_sec",
             Self::Megabytes => "bytes",
             Self::Count => "count",

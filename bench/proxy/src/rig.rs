@@ -19,7 +19,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(15);
 /// The sandbox every proxied request goes to.
 pub const SANDBOX_ID: &str = "benchsandbox";
 /// The first of the proxy's domains; the `Host` every target is sent.
-const DOMAIN: &str = "sbx.test";
+pub const DOMAIN: &str = "sbx.test";
 
 /// The `Host` of requests for the service's port through sbx-proxy:
 /// `<port>-<id>.<domain>`. Every target gets the same header, so every
@@ -55,25 +55,80 @@ pub struct Proxy {
     pub proc: Spawned,
     /// The plain HTTP/1.1 + h2c listener.
     pub addr: SocketAddr,
+    /// The sandbox API (`listen_api`).
+    pub api: SocketAddr,
     pub admin_socket: PathBuf,
     /// What went differently from the documented interface, for the notes.
     pub notes: Vec<String>,
 }
 
-/// Writes the configuration and a credentials file, starts `sbx-proxy
-/// serve`, and registers the sandbox (agent `agent`, the service's port
-/// exposed without auth) through the admin socket.
-pub fn start_proxy(
-    bin: &Path,
+/// How one `sbx-proxy serve` is set up.
+pub struct ProxyOptions {
+    /// Names its files in the scratch directory and its log.
+    pub name: &'static str,
+    pub access_log: bool,
+    /// `registry = ...`; the embedded store when `None`.
+    pub registry: Option<String>,
+    /// `[lifecycle] hook_url`.
+    pub hook_url: Option<String>,
+    /// `[api] allow_unauthenticated_namespaces` (on its loopback
+    /// `listen_api`).
+    pub open_api: bool,
+    /// The entry PUT for [`SANDBOX_ID`] once it is ready, if any.
+    pub register: Option<serde_json::Value>,
+}
+
+impl ProxyOptions {
+    /// The proxy of the throughput, latency and memory rows: embedded
+    /// registry, no hook, the API closed.
+    pub fn plain(name: &'static str, access_log: bool) -> Self {
+        Self {
+            name,
+            access_log,
+            registry: None,
+            hook_url: None,
+            open_api: false,
+            register: None,
+        }
+    }
+}
+
+/// The registry entry of [`SANDBOX_ID`]: agent `agent`, `ports` exposed
+/// without auth.
+pub fn sandbox_entry(
     scratch: &Scratch,
     agent: SocketAddr,
-    service_port: u16,
-    access_log: bool,
-) -> Result<Proxy> {
+    ports: &[u16],
+    status: &str,
+    auto_resume: bool,
+) -> serde_json::Value {
+    serde_json::json!({
+        "namespace": "default",
+        "organization_id": "o",
+        "project_id": "p",
+        "agent": agent.to_string(),
+        "forwarded_auth_key_file": scratch.key_file,
+        "exposed_ports": ports,
+        "allow_unauthenticated_access": true,
+        "status": status,
+        "auto_resume": auto_resume,
+    })
+}
+
+/// Where the proxy named `name` puts its admin socket.
+pub fn admin_socket(scratch: &Scratch, name: &str) -> PathBuf {
+    scratch.path(&format!("{name}.admin.sock"))
+}
+
+/// Writes the configuration and a credentials file, starts `sbx-proxy
+/// serve` (every listener on an ephemeral loopback port), and registers
+/// the sandbox through the admin socket when asked to.
+pub fn start_proxy(bin: &Path, scratch: &Scratch, opts: &ProxyOptions) -> Result<Proxy> {
+    let name = opts.name;
     let mut notes = Vec::new();
-    let credentials = scratch.path("credentials.toml");
-    let admin_socket = scratch.path("admin.sock");
-    let state_dir = scratch.path("state");
+    let credentials = scratch.path(&format!("{name}.credentials.toml"));
+    let admin_socket = admin_socket(scratch, name);
+    let state_dir = scratch.path(&format!("{name}.state"));
     std::fs::create_dir_all(&state_dir).context("create proxy state dir")?;
 
     // The requests of the bench need no credential (the port is exposed
@@ -97,56 +152,66 @@ pub fn start_proxy(
         std::fs::write(&credentials, "").context("write empty credentials file")?;
     }
 
-    let config = scratch.path("sbx-proxy.toml");
-    let text = format!(
+    let config = scratch.path(&format!("{name}.toml"));
+    let mut text = format!(
         "domains = [\"{DOMAIN}\", \"local\"]\n\
          listen_http = \"127.0.0.1:0\"\n\
+         listen_api = \"127.0.0.1:0\"\n\
          admin_socket = {admin}\n\
          state_dir = {state}\n\
-         log_format = \"text\"\n\
-         [auth]\n\
-         credentials_file = {creds}\n",
+         log_format = \"text\"\n",
         admin = toml_str(&admin_socket)?,
         state = toml_str(&state_dir)?,
-        creds = toml_str(&credentials)?,
     );
+    if let Some(registry) = &opts.registry {
+        let _ = writeln!(text, "registry = {registry:?}");
+    }
+    let _ = writeln!(
+        text,
+        "[auth]\ncredentials_file = {}",
+        toml_str(&credentials)?
+    );
+    if opts.open_api {
+        text.push_str("[api]\nallow_unauthenticated_namespaces = true\n");
+    }
+    if let Some(hook) = &opts.hook_url {
+        let _ = writeln!(text, "[lifecycle]\nhook_url = {hook:?}");
+    }
     std::fs::write(&config, text).context("write proxy config")?;
     let mut args: Vec<std::ffi::OsString> = vec!["serve".into(), "--config".into()];
     args.push(config.into());
     // Its default logs every request (at info, to stderr: the log file).
-    let env: &[(&str, &str)] = if access_log {
+    let env: &[(&str, &str)] = if opts.access_log {
         &[]
     } else {
         &[("SBX_PROXY_LOG", "info,sbx_proxy::access=warn")]
     };
-    let mut proc = Spawned::start_with_env("sbx-proxy", bin, args, env, &scratch.log("sbx-proxy"))?;
+    let mut proc = Spawned::start_with_env(name, bin, args, env, &scratch.log(name))?;
     let addr: SocketAddr = proc
         .wait_for_line("sbx-proxy: http on ", READY_TIMEOUT)?
         .trim()
         .parse()
         .context("sbx-proxy printed an unparsable http address")?;
+    let api: SocketAddr = proc
+        .wait_for_line("sbx-proxy: api on ", READY_TIMEOUT)?
+        .trim()
+        .parse()
+        .context("sbx-proxy printed an unparsable api address")?;
     proc.wait_for_line("sbx-proxy ready", READY_TIMEOUT)?;
 
-    let body = serde_json::json!({
-        "namespace": "default",
-        "organization_id": "o",
-        "project_id": "p",
-        "agent": agent.to_string(),
-        "forwarded_auth_key_file": scratch.key_file,
-        "exposed_ports": [service_port],
-        "allow_unauthenticated_access": true,
-        "status": "running",
-    })
-    .to_string();
-    let path = format!("/v1/sandboxes/{SANDBOX_ID}");
-    let (status, answer) = client::unix_request(&admin_socket, "PUT", &path, Some(&body))
-        .context("register the sandbox through the admin socket")?;
-    if !(200..300).contains(&status) {
-        bail!("PUT {path} on the admin socket answered {status}: {answer}");
+    if let Some(entry) = &opts.register {
+        let path = format!("/v1/sandboxes/{SANDBOX_ID}");
+        let (status, answer) =
+            client::unix_request(&admin_socket, "PUT", &path, Some(&entry.to_string()))
+                .with_context(|| format!("register the sandbox through {name}'s admin socket"))?;
+        if !(200..300).contains(&status) {
+            bail!("PUT {path} on {name}'s admin socket answered {status}: {answer}");
+        }
     }
     Ok(Proxy {
         proc,
         addr,
+        api,
         admin_socket,
         notes,
     })

@@ -124,8 +124,10 @@ impl EmbeddedRegistry {
     }
 
     /// Writes the registry as it will be after a change, then applies the
-    /// change in memory.
-    fn commit(&self, id: &str, new: Option<Arc<Sandbox>>) -> Result<(), RegistryError> {
+    /// change in memory. The write (and its fsyncs, up to milliseconds on a
+    /// busy disk) runs on the blocking pool, not on a thread that serves
+    /// requests.
+    async fn commit(&self, id: &str, new: Option<Arc<Sandbox>>) -> Result<(), RegistryError> {
         let mut specs: BTreeMap<String, SandboxSpec> = self
             .read()
             .by_id
@@ -136,13 +138,14 @@ impl EmbeddedRegistry {
             Some(sandbox) => specs.insert(id.to_owned(), sandbox.spec.clone()),
             None => specs.remove(id),
         };
-        save(
-            &self.path,
-            &StateFile {
-                version: STATE_VERSION,
-                sandboxes: specs,
-            },
-        )?;
+        let path = self.path.clone();
+        let state = StateFile {
+            version: STATE_VERSION,
+            sandboxes: specs,
+        };
+        tokio::task::spawn_blocking(move || save(&path, &state))
+            .await
+            .map_err(|e| RegistryError::Store(format!("saving the registry: {e}")))??;
         let mut maps = self.write();
         let old = match new {
             Some(sandbox) => maps.by_id.insert(id.to_owned(), sandbox),
@@ -157,7 +160,11 @@ impl EmbeddedRegistry {
         Ok(())
     }
 
-    fn put_now(&self, id: &str, mut spec: SandboxSpec) -> Result<Arc<Sandbox>, RegistryError> {
+    async fn put_now(
+        &self,
+        id: &str,
+        mut spec: SandboxSpec,
+    ) -> Result<Arc<Sandbox>, RegistryError> {
         spec.validate(id)?;
         let old = self.lookup_id(id);
         Self::check_names(&self.read(), id, &spec)?;
@@ -167,7 +174,7 @@ impl EmbeddedRegistry {
             old.as_deref(),
             self.max_inflight,
         ));
-        self.commit(id, Some(sandbox.clone()))?;
+        self.commit(id, Some(sandbox.clone())).await?;
         Ok(sandbox)
     }
 
@@ -198,7 +205,7 @@ impl Registry for EmbeddedRegistry {
     ) -> BoxFuture<'a, Result<Arc<Sandbox>, RegistryError>> {
         Box::pin(async move {
             let _writer = self.writer.lock().await;
-            self.put_now(id, spec)
+            self.put_now(id, spec).await
         })
     }
 
@@ -213,7 +220,7 @@ impl Registry for EmbeddedRegistry {
                 .lookup(id_or_name)
                 .ok_or_else(|| RegistryError::NotFound(id_or_name.to_owned()))?;
             let spec = apply_patch(&current.spec, patch)?;
-            self.put_now(&current.id, spec)
+            self.put_now(&current.id, spec).await
         })
     }
 
@@ -223,7 +230,7 @@ impl Registry for EmbeddedRegistry {
             let Some(old) = self.lookup_id(id) else {
                 return Ok(false);
             };
-            self.commit(id, None)?;
+            self.commit(id, None).await?;
             old.retire();
             Ok(true)
         })

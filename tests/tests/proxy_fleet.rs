@@ -6,6 +6,8 @@
 
 use std::time::{Duration, Instant};
 
+use sbx_tests::agent::READY_TIMEOUT;
+use sbx_tests::process::{piped, ChildGuard};
 use sbx_tests::proxy_support::{HttpResponse, ProxyWorld, WorldOptions};
 use serde_json::json;
 
@@ -32,6 +34,22 @@ fn via_b(w: &ProxyWorld, port_b: u16, auth: bool) -> HttpResponse {
     }
 }
 
+fn redis_argv() -> Vec<String> {
+    [
+        "redis-server",
+        "--port",
+        "16379",
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 #[test]
 fn two_proxies_share_one_registry() {
     let opts = WorldOptions {
@@ -39,22 +57,7 @@ fn two_proxies_share_one_registry() {
             "registry = \"redis://127.0.0.1:16379/0\"".into(),
             "registry_prefix = \"sbxtest\"".into(),
         ],
-        host_services: vec![(
-            [
-                "redis-server",
-                "--port",
-                "16379",
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ]
-            .map(String::from)
-            .to_vec(),
-            "Ready to accept connections".into(),
-        )],
+        host_services: vec![(redis_argv(), "Ready to accept connections".into())],
         ..WorldOptions::default()
     };
     let Some(mut w) = ProxyWorld::with(opts) else {
@@ -108,6 +111,57 @@ fn two_proxies_share_one_registry() {
         w.get("8080-web.sbx.test", "/", &[&key]).echo().server,
         "sbx-alpha"
     );
+
+    // Redis stops: both proxies keep routing from their caches, writes
+    // are refused cleanly, and both catch up once it is back.
+    let argv = redis_argv();
+    let mut redis = w.host_services.remove(0);
+    redis.signal(9);
+    redis.wait_timeout(Duration::from_secs(5));
+    drop(redis);
+    assert_eq!(via_b(&w, port_b, true).echo().server, "sbx-alpha");
+    assert_eq!(
+        w.get("8080-web.sbx.test", "/", &[&key]).echo().server,
+        "sbx-alpha"
+    );
+    let r = w.admin_at(
+        &admin_b,
+        "PATCH",
+        "/v1/sandboxes/sbx-alpha",
+        Some(&json!({"allow_unauthenticated_access": true}).to_string()),
+    );
+    assert!(
+        r.status >= 500,
+        "a write without Redis: {} {}",
+        r.status,
+        r.text()
+    );
+    let mut cmd = w.host.command(&argv[0]);
+    cmd.args(&argv[1..]);
+    let mut again = ChildGuard::spawn("redis-server", piped(&mut cmd));
+    again.wait_for_stdout_line("Ready to accept connections", READY_TIMEOUT);
+    w.host_services.push(again);
+    // The data went with the old server (no persistence): re-register
+    // through B, public; A routes it once its subscriber is back.
+    let mut entry = entry_a.clone();
+    for field in ["id", "forwarded_auth_key_source"] {
+        entry.as_object_mut().expect("entry").remove(field);
+    }
+    entry["exposed_ports"] = json!([8080]);
+    entry["allow_unauthenticated_access"] = json!(true);
+    within("Redis back: a write through B", || {
+        w.admin_at(
+            &admin_b,
+            "PUT",
+            "/v1/sandboxes/sbx-alpha",
+            Some(&entry.to_string()),
+        )
+        .status
+            == 200
+    });
+    within("Redis back: in force on A", || {
+        w.get("8080-web.sbx.test", "/", &[]).status == 200
+    });
 
     // Removed through A: B forgets it at once.
     let r = w.admin("DELETE", "/v1/sandboxes/sbx-alpha", None);

@@ -24,14 +24,14 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
+use sbx_bench_support::child::{find_on_path, Spawned};
+use sbx_bench_support::scratch::Scratch;
+use sbx_bench_support::stats::percentile;
 
 use crate::client::{self, Conn, Response};
-use crate::fixture::Scratch;
 use crate::hook;
-use crate::procs::Spawned;
 use crate::report::{Row, Unit, LANES, PROXY};
 use crate::rig::{self, Proxy, ProxyOptions, SANDBOX_ID};
-use crate::stats::percentile;
 
 /// A port kept exposed throughout, so that unexposing the service's port
 /// never unexposes the last one (which would also end public access).
@@ -786,6 +786,6 @@ pub fn find_redis(given: Option<&Path>) -> Option<PathBuf> {
     if let Some(p) = given {
         return Some(p.to_owned()).filter(|p| p.is_file());
     }
-    rig::find_tool("redis-server")
+    find_on_path("redis-server")
         .or_else(|| Some(PathBuf::from("/usr/bin/redis-server")).filter(|p| p.is_file()))
 }

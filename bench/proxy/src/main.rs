@@ -18,16 +18,12 @@
 
 mod client;
 mod control;
-mod fixture;
 mod hook;
-mod hop;
 mod load;
-mod procs;
 mod report;
 mod rig;
 mod serve;
 mod service;
-mod stats;
 mod suite;
 mod ws;
 
@@ -38,11 +34,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use clap::Parser;
+use sbx_bench_support::child::{find_on_path, Spawned};
+use sbx_bench_support::report::{write_json, Verdict};
+use sbx_bench_support::scratch::Scratch;
+use sbx_bench_support::{hop, limits, machine, usage};
 
 use crate::control::{Control, ControlSettings};
-use crate::fixture::Scratch;
 use crate::load::Shape;
-use crate::report::{Row, Verdict, DIRECT, FLOOR, LABELS, NGINX, PROXY};
+use crate::report::{Row, DIRECT, FLOOR, LABELS, NGINX, PROXY};
 use crate::suite::{Bench, Lane, Settings};
 
 /// Payload of each WebSocket round trip.
@@ -262,8 +261,8 @@ fn control_settings(cli: &Cli) -> ControlSettings {
 
 fn run(cli: &Cli) -> Result<bool> {
     let started = Instant::now();
-    let nofile = procs::raise_nofile_limit()?;
-    let load_before = loadavg();
+    let nofile = limits::raise_nofile_limit()?;
+    let load_before = machine::loadavg();
     let settings = settings(cli);
     let mut notes: Vec<String> = Vec::new();
     let note = |notes: &mut Vec<String>, n: String| {
@@ -280,20 +279,20 @@ fn run(cli: &Cli) -> Result<bool> {
         .context("start the tokio runtime")?;
     let service = runtime.block_on(service::start())?;
     let host = rig::service_host(service.addr.port());
-    let scratch = Scratch::create(cli.keep_logs)?;
+    let scratch = Scratch::create("sbx-proxy-bench", cli.keep_logs)?;
     let exe = std::env::current_exe().context("locate this binary")?;
 
     let find = |given: &Option<PathBuf>, name: &str| {
         given
             .clone()
             .filter(|p| p.is_file())
-            .or_else(|| rig::find_tool(name))
+            .or_else(|| find_on_path(name))
     };
     let access_log = cli.access_logs == AccessLogs::On;
     let wrk = find(&cli.wrk_bin, "wrk");
     let h2load = find(&cli.h2load_bin, "h2load");
 
-    let (forwarder, forwarder_addr) = hop::start(&exe, service.addr, &scratch)?;
+    let (forwarder, forwarder_addr) = hop::start(&exe, service.addr, &scratch, "forwarder")?;
     let (plain, plain_addr) = serve::start(&exe, &scratch)?;
     let nginx = match rig::find_nginx(cli.nginx_bin.as_deref()) {
         Ok(bin) => Some(rig::start_nginx(
@@ -349,7 +348,7 @@ fn run(cli: &Cli) -> Result<bool> {
         pids: Vec::new(),
     });
     if let Some(n) = &nginx {
-        let pids = procs::with_children(n.proc.pid());
+        let pids = usage::with_children(n.proc.pid());
         lanes[NGINX] = Some(Lane {
             h1: n.direct_h1,
             h2: n.direct_h2,
@@ -451,7 +450,7 @@ fn run(cli: &Cli) -> Result<bool> {
     drop(bench);
 
     // A figure measured against a process that died midway means nothing.
-    let mut alive: Vec<&mut procs::Spawned> = Vec::new();
+    let mut alive: Vec<&mut Spawned> = Vec::new();
     let mut forwarder = forwarder;
     alive.push(&mut forwarder);
     let mut plain = plain;
@@ -472,17 +471,11 @@ fn run(cli: &Cli) -> Result<bool> {
         p.ensure_running()?;
     }
 
-    let load_after = loadavg();
+    let load_after = machine::loadavg();
     println!();
     print!("{}", report::table(&rows));
     println!();
-    println!(
-        "Machine: {} CPUs, kernel {}; load average before {load_before}, after {load_after}",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
-        read_trimmed("/proc/sys/kernel/osrelease"),
-    );
+    println!("{}", machine::summary(&load_before, &load_after));
     println!(
         "Binaries: sbx-proxy {}, sbx-agent {}; load: wrk -t{t} -c{c1}, h2load -t{t} -c{c2} -m{m}, {d} s per run, median of {r}",
         cli.proxy_bin.display(),
@@ -539,22 +532,7 @@ fn run(cli: &Cli) -> Result<bool> {
             "load_after": load_after,
             "notes": notes,
         });
-        let text = serde_json::to_string_pretty(&doc).context("encode JSON")?;
-        std::fs::write(path, text).with_context(|| format!("write {}", path.display()))?;
+        write_json(path, &doc)?;
     }
     Ok(rows.iter().all(|r| r.verdict != Verdict::Miss))
-}
-
-fn loadavg() -> String {
-    let text = read_trimmed("/proc/loadavg");
-    text.split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn read_trimmed(path: &str) -> String {
-    std::fs::read_to_string(path)
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "?".into())
 }

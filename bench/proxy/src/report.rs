@@ -1,8 +1,7 @@
 //! The results table: one row per metric, the four targets side by side,
 //! ratios, the target, and whether it was met.
 
-use std::fmt::Write as _;
-
+use sbx_bench_support::report::{self, Verdict};
 use serde_json::{json, Value};
 
 /// Column order of every row's values.
@@ -18,24 +17,6 @@ pub const LABELS: [&str; LANES] = [
     "nginx+fwd (2 hops)",
 ];
 const JSON_KEYS: [&str; LANES] = ["direct", "nginx", "sbx_proxy", "nginx_forwarder"];
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    Pass,
-    Miss,
-    /// No target, or its inputs could not be measured.
-    Info,
-}
-
-impl Verdict {
-    fn label(self) -> &'static str {
-        match self {
-            Self::Pass => "PASS",
-            Self::Miss => "MISS",
-            Self::Info => "-",
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy)]
 pub enum Unit {
@@ -107,11 +88,7 @@ impl Row {
     /// proxy (a baseline could not be measured).
     pub fn target(mut self, target: &str, met: Option<bool>) -> Self {
         self.target = target.to_owned();
-        self.verdict = match met {
-            Some(true) => Verdict::Pass,
-            Some(false) => Verdict::Miss,
-            None => Verdict::Info,
-        };
+        self.verdict = Verdict::from_check(met);
         self
     }
 
@@ -132,14 +109,6 @@ impl Row {
             "target": self.target,
             "verdict": self.verdict.label(),
         })
-    }
-}
-
-/// `a / b` as text, when both are known.
-pub fn ratio(label: &str, a: Option<f64>, b: Option<f64>) -> Option<String> {
-    match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => Some(format!("{label} {:.2}", a / b)),
-        _ => None,
     }
 }
 
@@ -169,27 +138,5 @@ pub fn table(rows: &[Row]) -> String {
             c
         })
         .collect();
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in &cells {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let line = |out: &mut String, cols: &[String]| {
-        let parts: Vec<String> = cols
-            .iter()
-            .zip(&widths)
-            .map(|(c, &w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
-            .collect();
-        let _ = writeln!(out, "{}", parts.join(" | ").trim_end());
-    };
-    let header_cells: Vec<String> = headers.iter().map(|h| (*h).to_owned()).collect();
-    line(&mut out, &header_cells);
-    let rule: Vec<String> = widths.iter().map(|&w| "-".repeat(w)).collect();
-    let _ = writeln!(out, "{}", rule.join("-|-"));
-    for row in &cells {
-        line(&mut out, row);
-    }
-    out
+    report::table(&headers, &cells)
 }

@@ -10,9 +10,13 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 
+use sbx_bench_support::agent::{self, Agent};
+use sbx_bench_support::child::{find_on_path, Spawned};
+use sbx_bench_support::listen::{free_port, wait_listening};
+use sbx_bench_support::scratch::Scratch;
+use sbx_bench_support::usage::with_children;
+
 use crate::client;
-use crate::fixture::Scratch;
-use crate::procs::{self, Spawned};
 
 /// How long any child may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -28,27 +32,10 @@ pub fn service_host(port: u16) -> String {
     format!("{port}-{SANDBOX_ID}.{DOMAIN}")
 }
 
-pub struct Agent {
-    pub proc: Spawned,
-    pub addr: SocketAddr,
-}
-
+/// The agent for [`SANDBOX_ID`]; only the proxy talks to it, signing with
+/// the forwarded-auth key, so it needs no bearer token.
 pub fn start_agent(bin: &Path, scratch: &Scratch) -> Result<Agent> {
-    let args: Vec<std::ffi::OsString> = vec![
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--sandbox-id".into(),
-        SANDBOX_ID.into(),
-        "--forwarded-auth-key-file".into(),
-        scratch.key_file.clone().into(),
-    ];
-    let mut proc = Spawned::start("sbx-agent", bin, args, &scratch.log("sbx-agent"))?;
-    let addr = proc
-        .wait_for_line("sbx-agent listening on ", READY_TIMEOUT)?
-        .trim()
-        .parse()
-        .context("agent printed an unparsable address")?;
-    Ok(Agent { proc, addr })
+    agent::start(bin, scratch, SANDBOX_ID, None)
 }
 
 pub struct Proxy {
@@ -299,7 +286,7 @@ pub fn start_nginx(
     for sub in ["", "tmp"] {
         std::fs::create_dir_all(prefix.join(sub)).context("create nginx prefix")?;
     }
-    let ports: Vec<u16> = (0..4).map(|_| procs::free_port()).collect::<Result<_>>()?;
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect::<Result<_>>()?;
     let conf = prefix.join("nginx.conf");
     std::fs::write(
         &conf,
@@ -311,7 +298,7 @@ pub fn start_nginx(
     args.push(prefix.join("error.log").into());
     let mut proc = Spawned::start("nginx", bin, args, &scratch.log("nginx"))?;
     for &port in &ports {
-        if let Err(err) = procs::wait_listening(port, READY_TIMEOUT) {
+        if let Err(err) = wait_listening(port, READY_TIMEOUT) {
             let log = std::fs::read_to_string(prefix.join("error.log")).unwrap_or_default();
             let _ = proc.ensure_running();
             return Err(err.context(format!("nginx did not start; its error log:\n{log}")));
@@ -320,7 +307,7 @@ pub fn start_nginx(
     // The master listens before it forks its workers; their PIDs are
     // wanted for CPU time.
     let deadline = std::time::Instant::now() + READY_TIMEOUT;
-    while procs::with_children(proc.pid()).len() < 2 {
+    while with_children(proc.pid()).len() < 2 {
         proc.ensure_running()?;
         if std::time::Instant::now() >= deadline {
             bail!("nginx started no worker within {READY_TIMEOUT:?}");
@@ -439,18 +426,9 @@ pub fn find_nginx(given: Option<&Path>) -> Result<PathBuf, String> {
             Err(format!("{} does not exist", p.display()))
         };
     }
-    find_tool("nginx")
+    find_on_path("nginx")
         .or_else(|| Some(PathBuf::from("/usr/sbin/nginx")).filter(|p| p.is_file()))
         .ok_or_else(|| "nginx not found (apt-get install nginx-light)".to_owned())
-}
-
-/// `name` on PATH.
-pub fn find_tool(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join(name))
-            .find(|p| p.is_file())
-    })
 }
 
 #[cfg(test)]

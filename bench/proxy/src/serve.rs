@@ -7,9 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-
-use crate::fixture::Scratch;
-use crate::procs::Spawned;
+use sbx_bench_support::child::Spawned;
+use sbx_bench_support::scratch::Scratch;
 
 /// First argument that turns this binary into the lone service.
 pub const SUBCOMMAND: &str = "__serve";

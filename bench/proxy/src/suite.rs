@@ -7,14 +7,15 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context as _, Result};
+use sbx_bench_support::report::ratio;
+use sbx_bench_support::stats::{median, percentile};
+use sbx_bench_support::usage;
 
 use crate::client::{self, Conn};
 use crate::load::{self, Shape};
-use crate::procs;
-use crate::report::{added_micros, ratio, Row, Unit, DIRECT, FLOOR, LABELS, LANES, NGINX, PROXY};
+use crate::report::{added_micros, Row, Unit, DIRECT, FLOOR, LABELS, LANES, NGINX, PROXY};
 use crate::rig::Proxy;
 use crate::service::Service;
-use crate::stats::{median, percentile};
 use crate::ws::Ws;
 
 /// Requests/s sbx-proxy must reach, as a share of nginx's one hop.
@@ -140,18 +141,18 @@ impl Bench<'_> {
     /// RSS of nginx (master and workers) and sbx-proxy (the agent beside).
     fn rss(&self) -> Result<(Figures, Option<f64>)> {
         let mut v: Figures = [None; LANES];
-        v[DIRECT] = Some(procs::rss_bytes(self.plain_hyper.0)? as f64);
+        v[DIRECT] = Some(usage::rss_bytes(self.plain_hyper.0)? as f64);
         if let Some(pid) = self.nginx_pid {
-            v[NGINX] = Some(procs::rss_sum(&procs::with_children(pid))? as f64);
+            v[NGINX] = Some(usage::rss_sum(&usage::with_children(pid))? as f64);
         }
         let mut agent = None;
         if let (Some(proxy), Some(lane)) = (self.proxy, &self.lanes[PROXY]) {
-            v[PROXY] = Some(procs::rss_bytes(proxy.proc.pid())? as f64);
+            v[PROXY] = Some(usage::rss_bytes(proxy.proc.pid())? as f64);
             agent = lane
                 .pids
                 .iter()
                 .find(|&&p| p != proxy.proc.pid())
-                .map(|&p| procs::rss_bytes(p))
+                .map(|&p| usage::rss_bytes(p))
                 .transpose()?
                 .map(|b| b as f64);
         }
@@ -452,7 +453,7 @@ impl Bench<'_> {
                 if failed[i] {
                     continue;
                 }
-                let before = procs::cpu_sum(&lane.pids)?;
+                let before = usage::cpu_sum(&lane.pids)?;
                 // The agent (sbx-proxy's lane) or the forwarder (the
                 // floor's): the second hop comes last.
                 let hop2 = lane
@@ -460,17 +461,17 @@ impl Bench<'_> {
                     .last()
                     .copied()
                     .filter(|_| i == PROXY || i == FLOOR);
-                let hop2_before = hop2.map(procs::cpu_time).transpose()?;
+                let hop2_before = hop2.map(usage::cpu_time).transpose()?;
                 let addr = if h2 { lane.h2 } else { lane.h1 };
                 match self.tolerate(i, &label, run(addr, shape))? {
                     Some(outcome) => {
                         rates[i].push(outcome.per_sec);
                         if !lane.pids.is_empty() {
-                            let spent = procs::cpu_sum(&lane.pids)? - before;
+                            let spent = usage::cpu_sum(&lane.pids)? - before;
                             cpu[i].push(spent.as_secs_f64() / outcome.requests as f64);
                         }
                         if let (Some(pid), Some(b)) = (hop2, hop2_before) {
-                            let spent = procs::cpu_time(pid)? - b;
+                            let spent = usage::cpu_time(pid)? - b;
                             cpu_hop2[i].push(spent.as_secs_f64() / outcome.requests as f64);
                         }
                     }

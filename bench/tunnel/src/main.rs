@@ -8,14 +8,11 @@
 //! (Ctrl-C, SIGTERM) the kernel kills them via `PR_SET_PDEATHSIG`. See
 //! `scripts/bench-tunnel.sh`.
 
-mod fixture;
-mod hop;
+mod bearer;
 mod load;
-mod procs;
 mod report;
 mod rig;
 mod servers;
-mod stats;
 mod suite;
 mod ws;
 
@@ -25,9 +22,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use clap::Parser;
+use sbx_bench_support::report::{write_json, Verdict};
+use sbx_bench_support::scratch::Scratch;
+use sbx_bench_support::{hop, limits, machine, usage};
 
-use crate::fixture::Scratch;
-use crate::report::{Row, Verdict};
+use crate::bearer::Bearer;
+use crate::report::Row;
 use crate::rig::Route;
 use crate::suite::{IdleRss, Lane, Lanes, Settings};
 use crate::ws::Endpoint;
@@ -131,8 +131,8 @@ fn main() -> ExitCode {
 
 fn run(cli: &Cli) -> Result<bool> {
     let started = Instant::now();
-    let nofile = procs::raise_nofile_limit()?;
-    let load_before = loadavg();
+    let nofile = limits::raise_nofile_limit()?;
+    let load_before = machine::loadavg();
     let settings = Settings {
         bytes: cli.bytes,
         multi_bytes: cli.multi_bytes,
@@ -154,13 +154,15 @@ fn run(cli: &Cli) -> Result<bool> {
         .context("start the tokio runtime")?;
     let servers = runtime.block_on(servers::start())?;
 
-    let scratch = Scratch::create(cli.keep_logs)?;
-    let mut agent = rig::start_agent(&cli.agent_bin, &scratch)?;
+    let scratch = Scratch::create("sbx-tunnel-bench", cli.keep_logs)?;
+    let bearer = Bearer::create(&scratch)?;
+    let mut agent = rig::start_agent(&cli.agent_bin, &scratch, &bearer)?;
     let (sbx_sink, tunnel_sink) = rig::start_sbx_tunnel(
         &cli.sbx_bin,
         agent.addr,
         servers.sink.port(),
         &scratch,
+        &bearer,
         "sink",
     )?;
     let (sbx_echo, tunnel_echo) = rig::start_sbx_tunnel(
@@ -168,6 +170,7 @@ fn run(cli: &Cli) -> Result<bool> {
         agent.addr,
         servers.echo.port(),
         &scratch,
+        &bearer,
         "echo",
     )?;
     let (peer, peer_note) = match rig::find_peer(cli.peer_bin.as_deref()) {
@@ -186,8 +189,8 @@ fn run(cli: &Cli) -> Result<bool> {
 
     let floor = if cli.wants(Part::Latency) && !cli.no_floor {
         let exe = std::env::current_exe().context("locate this binary")?;
-        let (far, far_addr) = hop::start(&exe, servers.echo, &scratch, "far")?;
-        let (near, near_addr) = hop::start(&exe, far_addr, &scratch, "near")?;
+        let (far, far_addr) = hop::start(&exe, servers.echo, &scratch, "forwarder-far")?;
+        let (near, near_addr) = hop::start(&exe, far_addr, &scratch, "forwarder-near")?;
         Some((near, far, near_addr))
     } else {
         None
@@ -196,9 +199,9 @@ fn run(cli: &Cli) -> Result<bool> {
     // Idle memory before any tunnel has ever been opened.
     std::thread::sleep(Duration::from_millis(300));
     let idle = IdleRss {
-        agent: procs::rss_bytes(agent.proc.pid())? as f64,
+        agent: usage::rss_bytes(agent.proc.pid())? as f64,
         peer: match &peer {
-            Some(p) => Some(procs::rss_bytes(p.echo.server.pid())? as f64),
+            Some(p) => Some(usage::rss_bytes(p.echo.server.pid())? as f64),
             None => None,
         },
     };
@@ -233,7 +236,7 @@ fn run(cli: &Cli) -> Result<bool> {
     let agent_ws = Endpoint {
         addr: agent.addr,
         path: format!("/api/v1/tunnels/tcp?port={}", servers.echo.port()),
-        auth_header: Some(format!("Authorization: Bearer {}", scratch.token)),
+        auth_header: Some(format!("Authorization: Bearer {}", bearer.token)),
     };
     let peer_ws = peer.as_ref().map(|p| Endpoint {
         addr: p.echo.ws_addr,
@@ -281,7 +284,7 @@ fn run(cli: &Cli) -> Result<bool> {
     // A figure measured against a process that died midway means nothing.
     agent.proc.ensure_running()?;
 
-    let load_after = loadavg();
+    let load_after = machine::loadavg();
     let peer_name = peer
         .as_ref()
         .map(|p| p.name.as_str())
@@ -289,13 +292,7 @@ fn run(cli: &Cli) -> Result<bool> {
     println!();
     print!("{}", report::table(&rows, peer_name));
     println!();
-    println!(
-        "Machine: {} CPUs, kernel {}; load average before {load_before}, after {load_after}",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
-        read_trimmed("/proc/sys/kernel/osrelease"),
-    );
+    println!("{}", machine::summary(&load_before, &load_after));
     println!(
         "Binaries: agent {}, sbx {}; {peer_note}",
         cli.agent_bin.display(),
@@ -327,22 +324,7 @@ fn run(cli: &Cli) -> Result<bool> {
             "peer": peer_note,
             "peer_notes": peer_notes,
         });
-        let text = serde_json::to_string_pretty(&doc).context("encode JSON")?;
-        std::fs::write(path, text).with_context(|| format!("write {}", path.display()))?;
+        write_json(path, &doc)?;
     }
     Ok(rows.iter().all(|r| r.verdict != Verdict::Miss))
-}
-
-fn loadavg() -> String {
-    let text = read_trimmed("/proc/loadavg");
-    text.split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn read_trimmed(path: &str) -> String {
-    std::fs::read_to_string(path)
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "?".into())
 }

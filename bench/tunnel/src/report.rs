@@ -1,35 +1,8 @@
 //! The results table: one row per metric, the three routes side by side,
 //! ratios, the target, and whether it was met.
 
-use std::fmt::Write as _;
-
+use sbx_bench_support::report::{self, Verdict};
 use serde_json::{json, Value};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    Pass,
-    Miss,
-    /// No target, or its inputs could not be measured.
-    Info,
-}
-
-impl Verdict {
-    pub fn from_check(met: Option<bool>) -> Self {
-        match met {
-            Some(true) => Self::Pass,
-            Some(false) => Self::Miss,
-            None => Self::Info,
-        }
-    }
-
-    fn label(self) -> &'static str {
-        match self {
-            Self::Pass => "PASS",
-            Self::Miss => "MISS",
-            Self::Info => "-",
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy)]
 pub enum Unit {
@@ -125,14 +98,6 @@ impl Row {
     }
 }
 
-/// `a / b` as text, when both are known.
-pub fn ratio(label: &str, a: Option<f64>, b: Option<f64>) -> Option<String> {
-    match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => Some(format!("{label} {:.2}", a / b)),
-        _ => None,
-    }
-}
-
 /// Renders the rows as an aligned text table.
 pub fn table(rows: &[Row], peer_name: &str) -> String {
     let headers = [
@@ -144,10 +109,10 @@ pub fn table(rows: &[Row], peer_name: &str) -> String {
         "target",
         "result",
     ];
-    let cells: Vec<[String; 7]> = rows
+    let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            [
+            vec![
                 r.metric.clone(),
                 r.cell(r.tunnel),
                 r.cell(r.direct),
@@ -158,26 +123,5 @@ pub fn table(rows: &[Row], peer_name: &str) -> String {
             ]
         })
         .collect();
-    let mut widths = headers.map(|h| h.chars().count());
-    for row in &cells {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let line = |out: &mut String, cols: &[String]| {
-        let parts: Vec<String> = cols
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
-            .collect();
-        let _ = writeln!(out, "{}", parts.join(" | ").trim_end());
-    };
-    line(&mut out, &headers.map(str::to_owned));
-    let rule: Vec<String> = widths.iter().map(|&w| "-".repeat(w)).collect();
-    let _ = writeln!(out, "{}", rule.join("-|-"));
-    for row in &cells {
-        line(&mut out, row);
-    }
-    out
+    report::table(&headers, &cells)
 }

@@ -7,9 +7,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
+use sbx_bench_support::agent::{self, Agent};
+use sbx_bench_support::child::{find_on_path, Spawned};
+use sbx_bench_support::listen::{free_port, wait_listening};
+use sbx_bench_support::scratch::Scratch;
 
-use crate::fixture::Scratch;
-use crate::procs::{self, Spawned};
+use crate::bearer::Bearer;
 use crate::servers::ServerAddrs;
 
 /// How long any child may take to become ready.
@@ -20,11 +23,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct Route {
     pub sink: SocketAddr,
     pub echo: SocketAddr,
-}
-
-pub struct Agent {
-    pub proc: Spawned,
-    pub addr: SocketAddr,
 }
 
 /// One TCP-over-WebSocket tool pair per server: `server` accepts the
@@ -53,24 +51,9 @@ impl Peer {
     }
 }
 
-pub fn start_agent(bin: &Path, scratch: &Scratch) -> Result<Agent> {
-    let args: Vec<std::ffi::OsString> = vec![
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--sandbox-id".into(),
-        "bench".into(),
-        "--forwarded-auth-key-file".into(),
-        scratch.key_file.clone().into(),
-        "--bearer-token-file".into(),
-        scratch.token_file.clone().into(),
-    ];
-    let mut proc = Spawned::start("sbx-agent", bin, args, &scratch.log("sbx-agent"))?;
-    let addr = proc
-        .wait_for_line("sbx-agent listening on ", READY_TIMEOUT)?
-        .trim()
-        .parse()
-        .context("agent printed an unparsable address")?;
-    Ok(Agent { proc, addr })
+/// The agent for sandbox `bench`, with bearer auth for `sbx tunnel`.
+pub fn start_agent(bin: &Path, scratch: &Scratch, bearer: &Bearer) -> Result<Agent> {
+    agent::start(bin, scratch, "bench", Some(&bearer.file))
 }
 
 /// Starts `sbx tunnel` to `port` on an ephemeral local port; returns the
@@ -80,6 +63,7 @@ pub fn start_sbx_tunnel(
     agent: SocketAddr,
     port: u16,
     scratch: &Scratch,
+    bearer: &Bearer,
     label: &str,
 ) -> Result<(Spawned, SocketAddr)> {
     let name = format!("sbx-tunnel-{label}");
@@ -90,7 +74,7 @@ pub fn start_sbx_tunnel(
         "-l".into(),
         "0".into(),
         "--token-file".into(),
-        scratch.token_file.clone().into(),
+        bearer.file.clone().into(),
     ];
     let mut proc = Spawned::start(&name, bin, args, &scratch.log(&name))?;
     let line = proc.wait_for_line("Forwarding ", READY_TIMEOUT)?;
@@ -115,7 +99,7 @@ pub fn start_websocat(bin: &Path, servers: ServerAddrs, scratch: &Scratch) -> Re
 
 fn websocat_pair(bin: &Path, target: SocketAddr, scratch: &Scratch, label: &str) -> Result<Pair> {
     // websocat cannot report an ephemeral port, so it gets one that was free.
-    let ws_port = procs::free_port()?;
+    let ws_port = free_port()?;
     let server_name = format!("websocat-server-{label}");
     let server = Spawned::start(
         &server_name,
@@ -127,9 +111,9 @@ fn websocat_pair(bin: &Path, target: SocketAddr, scratch: &Scratch, label: &str)
         ],
         &scratch.log(&server_name),
     )?;
-    procs::wait_listening(ws_port, READY_TIMEOUT).context(server_name)?;
+    wait_listening(ws_port, READY_TIMEOUT).context(server_name)?;
 
-    let local_port = procs::free_port()?;
+    let local_port = free_port()?;
     let client_name = format!("websocat-client-{label}");
     let client = Spawned::start(
         &client_name,
@@ -141,7 +125,7 @@ fn websocat_pair(bin: &Path, target: SocketAddr, scratch: &Scratch, label: &str)
         ],
         &scratch.log(&client_name),
     )?;
-    procs::wait_listening(local_port, READY_TIMEOUT).context(client_name)?;
+    wait_listening(local_port, READY_TIMEOUT).context(client_name)?;
     Ok(Pair {
         server,
         client,
@@ -163,11 +147,6 @@ pub fn find_peer(given: Option<&Path>) -> Result<PathBuf, String> {
             ))
         };
     }
-    std::env::var_os("PATH")
-        .and_then(|path| {
-            std::env::split_paths(&path)
-                .map(|dir| dir.join("websocat"))
-                .find(|p| p.is_file())
-        })
+    find_on_path("websocat")
         .ok_or_else(|| "websocat not found on PATH (pass --peer-bin)".to_owned())
 }

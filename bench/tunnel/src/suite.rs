@@ -6,12 +6,14 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
+use sbx_bench_support::child::Spawned;
+use sbx_bench_support::report::ratio;
+use sbx_bench_support::stats::{median, percentile};
+use sbx_bench_support::usage;
 
 use crate::load;
-use crate::procs::{self, Spawned};
-use crate::report::{ratio, Row, Unit};
+use crate::report::{Row, Unit};
 use crate::rig::Route;
-use crate::stats::{median, percentile};
 use crate::ws::{Conn, Endpoint};
 
 /// Single-stream throughput the tunnel must reach, as a share of direct.
@@ -49,7 +51,7 @@ pub struct Lanes<'a> {
     pub direct: Lane<'a>,
     pub peer: Option<Lane<'a>>,
     /// Echo through two plain TCP forwarders: the latency floor of any
-    /// design with two extra processes (see `hop.rs`).
+    /// design with two extra processes (see `sbx_bench_support::hop`).
     pub floor_echo: Option<SocketAddr>,
     /// Why the peer's figures are missing where they are.
     pub peer_notes: RefCell<Vec<String>>,
@@ -107,7 +109,7 @@ pub fn throughput(lanes: &Lanes, s: &Settings, streams: usize, rows: &mut Vec<Ro
                 continue;
             }
             let before = cpu_of(&lane.procs)?;
-            let before_me = procs::cpu_time(me)?.as_secs_f64();
+            let before_me = usage::cpu_time(me)?.as_secs_f64();
             let mut rate = 0.0;
             let result = load::throughput(lane.route.sink, total, streams).map(|r| rate = r);
             if !lanes.tolerate(i, &format!("throughput, {streams} stream(s)"), result)? {
@@ -118,7 +120,7 @@ pub fn throughput(lanes: &Lanes, s: &Settings, streams: usize, rows: &mut Vec<Ro
                 continue;
             }
             let spent = cpu_of(&lane.procs)? - before;
-            let spent_me = procs::cpu_time(me)?.as_secs_f64() - before_me;
+            let spent_me = usage::cpu_time(me)?.as_secs_f64() - before_me;
             rates[i].push(rate);
             cpu[i].push(spent / gb);
             cpu_all[i].push((spent + spent_me) / gb);
@@ -417,9 +419,9 @@ pub fn memory(
 pub fn rss_after_runs(agent: &Spawned, peer: Option<&Spawned>, rows: &mut Vec<Row>) -> Result<()> {
     // Give the last closed tunnels a moment to be torn down.
     std::thread::sleep(Duration::from_secs(1));
-    let agent = procs::rss_bytes(agent.pid())? as f64;
+    let agent = usage::rss_bytes(agent.pid())? as f64;
     let peer = match peer {
-        Some(p) => Some(procs::rss_bytes(p.pid())? as f64),
+        Some(p) => Some(usage::rss_bytes(p.pid())? as f64),
         None => None,
     };
     rows.push(
@@ -457,7 +459,7 @@ fn rss_with_tunnels(server: &Spawned, ep: &Endpoint, n: usize) -> Result<f64> {
     }
     // Let the server settle after the burst of opens.
     std::thread::sleep(Duration::from_millis(500));
-    let rss = procs::rss_bytes(server.pid())? as f64;
+    let rss = usage::rss_bytes(server.pid())? as f64;
     drop(conns);
     Ok(rss)
 }
@@ -489,6 +491,6 @@ fn trio(per_lane: &[Vec<f64>; 3]) -> Trio {
 fn cpu_of(procs: &[&Spawned]) -> Result<f64> {
     procs
         .iter()
-        .map(|p| procs::cpu_time(p.pid()).map(|d| d.as_secs_f64()))
+        .map(|p| usage::cpu_time(p.pid()).map(|d| d.as_secs_f64()))
         .sum()
 }

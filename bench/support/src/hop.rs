@@ -1,7 +1,10 @@
-//! A plain TCP forwarder, run as a child copy of this binary: two of them
-//! in a chain have the tunnel's shape (two extra processes, four extra
-//! loopback hops per round trip) with no WebSocket and no relay logic, so
-//! their added latency is the floor any two-process tunnel pays here.
+//! A plain TCP forwarder, run as a child copy of the bench's own binary.
+//!
+//! It adds a process and two loopback hops to a route with no tunnel
+//! protocol and no relay logic of its own, so its cost is the floor any
+//! design with that many hops pays on this machine: tunnel-bench chains two
+//! of them (the tunnel's shape), proxy-bench puts nginx in front of one
+//! (sbx-proxy's shape).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -10,10 +13,10 @@ use std::time::Duration;
 use anyhow::{anyhow, Context as _, Result};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::fixture::Scratch;
-use crate::procs::Spawned;
+use crate::child::Spawned;
+use crate::scratch::Scratch;
 
-/// First argument that turns this binary into a forwarder.
+/// First argument that turns the bench binary into a forwarder.
 pub const SUBCOMMAND: &str = "__forward";
 const READY_PREFIX: &str = "forwarding on ";
 
@@ -31,7 +34,7 @@ fn run(target: Option<&str>) -> Result<()> {
         .ok_or_else(|| anyhow!("usage: {SUBCOMMAND} <target addr>"))?
         .parse()
         .context("target address")?;
-    // The same runtime shape as the agent and `sbx`: the default
+    // The runtime shape of the agent, `sbx` and sbx-proxy: the default
     // multi-threaded one.
     let runtime = tokio::runtime::Runtime::new().context("start runtime")?;
     runtime.block_on(async move {
@@ -51,19 +54,19 @@ fn run(target: Option<&str>) -> Result<()> {
     })
 }
 
-/// Starts a forwarder to `target`; returns it and the address it listens on.
+/// Starts a forwarder named `name` (its log's name too) from the bench
+/// binary `exe` to `target`; returns it and the address it listens on.
 pub fn start(
     exe: &Path,
     target: SocketAddr,
     scratch: &Scratch,
-    label: &str,
+    name: &str,
 ) -> Result<(Spawned, SocketAddr)> {
-    let name = format!("forwarder-{label}");
     let mut proc = Spawned::start(
-        &name,
+        name,
         exe,
         [SUBCOMMAND.to_owned(), target.to_string()],
-        &scratch.log(&name),
+        &scratch.log(name),
     )?;
     let addr = proc
         .wait_for_line(READY_PREFIX, Duration::from_secs(10))?

@@ -1,4 +1,6 @@
-//! Summaries of samples.
+//! Summaries of samples: nearest-rank percentiles of timings and the
+//! median of repeated runs, computed one way for every column of every
+//! bench so that their figures compare.
 
 use std::time::Duration;
 

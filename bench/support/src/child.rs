@@ -1,16 +1,16 @@
-//! Child processes the bench starts, and what it reads about them from
-//! `/proc`.
+//! Child processes a bench starts.
 //!
 //! Every child is owned by a [`Spawned`] guard that ends it by its own PID
-//! when dropped, so an error or panic anywhere in the bench never leaves an
-//! agent or tunnel behind. Children also get `PR_SET_PDEATHSIG`, which covers
-//! the bench itself being killed.
+//! when dropped, so an error or panic anywhere in a bench never leaves an
+//! agent, proxy, tunnel or baseline tool behind; nothing is ever stopped by
+//! name, which could hit processes that are not the bench's. Children also
+//! get `PR_SET_PDEATHSIG`, which covers the bench itself being killed.
 
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -39,6 +39,21 @@ impl Spawned {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        Self::start_with_env(name, program, args, &[], log)
+    }
+
+    /// [`Spawned::start`] with extra environment variables.
+    pub fn start_with_env<I, S>(
+        name: &str,
+        program: &Path,
+        args: I,
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let stderr = File::options()
             .create(true)
             .append(true)
@@ -46,6 +61,7 @@ impl Spawned {
             .with_context(|| format!("open log {}", log.display()))?;
         let mut cmd = Command::new(program);
         cmd.args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr);
@@ -157,96 +173,12 @@ impl Drop for Spawned {
     }
 }
 
-/// Resident set size of `pid`, in bytes (`VmRSS` in `/proc/PID/status`).
-pub fn rss_bytes(pid: u32) -> Result<u64> {
-    let path = format!("/proc/{pid}/status");
-    let status = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
-    let line = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .ok_or_else(|| anyhow!("{path}: no VmRSS line"))?;
-    let kib: u64 = line
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .with_context(|| format!("{path}: bad VmRSS {line:?}"))?;
-    Ok(kib * 1024)
-}
-
-/// User plus system CPU time `pid` has used so far.
-pub fn cpu_time(pid: u32) -> Result<Duration> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
-    // The command name may hold spaces and parentheses; fields resume after
-    // the last ')'. utime and stime are fields 14 and 15 of the whole line.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .ok_or_else(|| anyhow!("{path}: malformed"))?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> Result<u64> {
-        fields
-            .get(i)
-            .and_then(|f| f.parse().ok())
-            .ok_or_else(|| anyhow!("{path}: missing field {}", i + 3))
-    };
-    let total = ticks(11)? + ticks(12)?;
-    // SAFETY: sysconf only reads a constant.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let hz = u64::try_from(hz).ok().filter(|&h| h > 0).unwrap_or(100);
-    Ok(Duration::from_secs_f64(total as f64 / hz as f64))
-}
-
-/// Waits until something listens on `127.0.0.1:port`, per `/proc/net/tcp`.
-///
-/// Probing with a connect would itself open a tunnel through a tool that
-/// tunnels every accepted connection, so the kernel's table is read instead.
-pub fn wait_listening(port: u16, timeout: Duration) -> Result<()> {
-    let wanted = format!("0100007F:{port:04X}");
-    let deadline = Instant::now() + timeout;
-    loop {
-        let table = std::fs::read_to_string("/proc/net/tcp").context("read /proc/net/tcp")?;
-        let listening = table.lines().skip(1).any(|line| {
-            let mut fields = line.split_whitespace();
-            let local = fields.nth(1);
-            let state = fields.nth(1);
-            local == Some(wanted.as_str()) && state == Some("0A")
-        });
-        if listening {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            bail!("nothing listened on 127.0.0.1:{port} within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A port that was free a moment ago, for tools that cannot report the
-/// ephemeral port they bound. The race with other processes is accepted.
-pub fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("bind a probe port")?;
-    Ok(listener.local_addr().context("probe port address")?.port())
-}
-
-/// Raises the soft open-file limit to the hard limit: 1,000 tunnels need
-/// about 2,000 descriptors here and as many in the agent, which inherits it.
-pub fn raise_nofile_limit() -> Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit write to and read from the struct we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return Err(std::io::Error::last_os_error()).context("getrlimit(NOFILE)");
-        }
-        // An unlimited hard limit still cannot exceed fs.nr_open.
-        lim.rlim_cur = lim.rlim_max.min(1 << 20);
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-            return Err(std::io::Error::last_os_error()).context("setrlimit(NOFILE)");
-        }
-    }
-    Ok(lim.rlim_cur)
+/// `name` in a directory of `PATH`, for the tools a bench compares against
+/// when no path was given for them.
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    })
 }

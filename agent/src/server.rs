@@ -15,6 +15,9 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
+/// Re-exported: the tunnel and listeners wait on the same signal.
+pub use sbx_service::listen::stopping;
+
 /// A client must send its request headers within this time.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head hyper buffers.
@@ -23,20 +26,11 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pending connections the kernel queues for us.
 const LISTEN_BACKLOG: u32 = 4096;
-/// Pause after an accept error (e.g. out of file descriptors).
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Binds the API listener with a deep backlog, so bursts of tunnel opens
 /// queue in the kernel instead of being dropped.
 pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
+    sbx_service::listen::bind(addr, LISTEN_BACKLOG)
 }
 
 pub async fn serve(
@@ -54,16 +48,9 @@ pub async fn serve(
         .max_buf_size(MAX_HEAD_BYTES);
 
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(err) => {
-                    tracing::warn!(error = %err, "accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                    continue;
-                }
-            },
-            () = stopping(&mut shutdown) => break,
+        let Some((stream, peer)) = sbx_service::listen::accept(&listener, &mut shutdown).await
+        else {
+            break;
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%peer, max_connections, "connection refused: too many connections");
@@ -98,12 +85,5 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("some requests were still running at shutdown");
-    }
-}
-
-/// Completes once shutdown starts; never if the sender is gone without it.
-pub async fn stopping(rx: &mut watch::Receiver<bool>) {
-    if rx.wait_for(|stopping| *stopping).await.is_err() {
-        std::future::pending::<()>().await;
     }
 }

@@ -24,24 +24,18 @@ use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::proxy::{ClientConn, Proxy};
 
+/// Re-exported: the tunnel and listeners wait on the same signal.
+pub use sbx_service::listen::stopping;
+
 /// Pending connections the kernel queues for us.
 const LISTEN_BACKLOG: u32 = 4096;
-/// Pause after an accept error (e.g. out of file descriptors).
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 /// Streams one HTTP/2 client may have open at once.
 const MAX_CONCURRENT_STREAMS: u32 = 256;
 /// HTTP/2 keep-alive pings find dead clients.
 const H2_KEEPALIVE: Duration = Duration::from_secs(30);
 
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
+    sbx_service::listen::bind(addr, LISTEN_BACKLOG)
 }
 
 /// Requests in flight on one client connection and when it last did
@@ -108,16 +102,9 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Shar
     let builders = Arc::new(Builders::new(&shared.limits));
     let mut shutdown = shared.shutdown.clone();
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(err) => {
-                    tracing::warn!(error = %err, "accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                    continue;
-                }
-            },
-            () = stopping(&mut shutdown) => break,
+        let Some((stream, peer)) = sbx_service::listen::accept(&listener, &mut shutdown).await
+        else {
+            break;
         };
         let Ok(slot) = shared.slots.clone().try_acquire_owned() else {
             shared
@@ -387,13 +374,6 @@ async fn drive<C: Drain>(
                 }
             }
         }
-    }
-}
-
-/// Completes once shutdown starts; never if the sender is gone without it.
-pub async fn stopping(rx: &mut watch::Receiver<bool>) {
-    if rx.wait_for(|stopping| *stopping).await.is_err() {
-        std::future::pending::<()>().await;
     }
 }
 

@@ -4,6 +4,7 @@
 //! and the unix control socket their CLIs talk to.
 
 pub mod control;
+pub mod listen;
 pub mod notify;
 pub mod signals;
 

@@ -123,13 +123,12 @@ impl Proxy {
             })?
             .ok_or_else(|| access::not_found(&target.sandbox))?;
         routed.sandbox = Some(Arc::from(sandbox.id.as_str()));
-        let query = request.uri().query().map(str::to_owned);
         let access = access::decide(
             &sandbox,
             &target.sandbox,
             target.port,
             request.headers(),
-            query.as_deref(),
+            request.uri().query(),
             self.credentials.as_ref(),
         )
         .await?;

@@ -10,7 +10,6 @@
 //! client that goes away drops its receiver and its slot and leaves nothing.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -67,7 +66,6 @@ pub struct Resumer {
     config: ResumeConfig,
     waiters: Arc<Semaphore>,
     flights: Arc<Mutex<HashMap<String, Arc<Flight>>>>,
-    pub calls: Arc<AtomicU64>,
 }
 
 impl Resumer {
@@ -78,13 +76,7 @@ impl Resumer {
             waiters: Arc::new(Semaphore::new(config.max_waiters)),
             config,
             flights: Arc::default(),
-            calls: Arc::default(),
         }
-    }
-
-    /// Requests waiting for a resume now.
-    pub fn waiting(&self) -> usize {
-        self.config.max_waiters - self.waiters.available_permits()
     }
 
     /// Resumes `sandbox` (one call however many ask) and waits until it is
@@ -151,7 +143,6 @@ impl Resumer {
             waiters: Arc::new(Semaphore::new(self.config.max_waiters_per_sandbox)),
         });
         flights.insert(id.to_owned(), flight.clone());
-        self.calls.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(fly(
             id.to_owned(),
             hook,

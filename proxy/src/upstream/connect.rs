@@ -22,7 +22,7 @@ use crate::route::AGENT_PORT;
 const MAX_HEAD: usize = 16 * 1024;
 
 /// Why no stream could be opened; mapped to SPEC 6's error codes.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ConnectError {
     #[error("cannot reach the sandbox's agent at {addr}: {reason}")]
     Unreachable { addr: SocketAddr, reason: String },

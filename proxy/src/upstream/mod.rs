@@ -218,26 +218,11 @@ fn classify_legacy(err: hyper_util::client::legacy::Error) -> UpstreamError {
     let mut source = err.source();
     while let Some(e) = source {
         if let Some(connect) = e.downcast_ref::<ConnectError>() {
-            return UpstreamError::Connect(clone_connect(connect));
+            return UpstreamError::Connect(connect.clone());
         }
         source = e.source();
     }
     UpstreamError::Failed(error_chain(&err))
-}
-
-fn clone_connect(e: &ConnectError) -> ConnectError {
-    match e {
-        ConnectError::Unreachable { addr, reason } => ConnectError::Unreachable {
-            addr: *addr,
-            reason: reason.clone(),
-        },
-        ConnectError::PortNotListening { port } => ConnectError::PortNotListening { port: *port },
-        ConnectError::AgentBusy => ConnectError::AgentBusy,
-        ConnectError::AuthRefused => ConnectError::AuthRefused,
-        ConnectError::Protocol(s) => ConnectError::Protocol(s.clone()),
-        ConnectError::Changed => ConnectError::Changed,
-        ConnectError::NoKey(s) => ConnectError::NoKey(s.clone()),
-    }
 }
 
 /// The pooling client's connector: the pool key names the sandbox, the

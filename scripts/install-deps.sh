@@ -5,6 +5,7 @@ set -euo pipefail
 
 APT_PACKAGES=(
   nftables          # netctl applies rulesets with nft
+  conntrack         # netctl clears connection marks when policy generations wrap
   iproute2          # tests and the demo build namespaces with ip
   dnsmasq-base      # the DNS server of the test "internet"
   redis-server      # a real service inside a test sandbox

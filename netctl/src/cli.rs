@@ -258,6 +258,9 @@ fn print_view(v: &SandboxView) {
         }
     }
     println!("applied  {}", v.applied);
+    if let Some(generation) = v.policy_generation {
+        println!("policy generation {generation} (connections judged under it skip the sets)");
+    }
     if let Some(e) = &v.error {
         println!("error    {e}");
     }
@@ -300,8 +303,8 @@ fn print_view(v: &SandboxView) {
     }
     if let Some(c) = &v.counters {
         println!(
-            "packets  out: {} accepted, {} refused; in: {} refused",
-            c.accepted, c.refused, c.inbound_refused
+            "packets  out: {} accepted by the rules, {} on connections they accepted, {} refused; in: {} refused",
+            c.accepted, c.accepted_fast, c.refused, c.inbound_refused
         );
     }
 }

@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::ingress::IngressConfig;
-use crate::ruleset::Refusal;
+use crate::ruleset::{MarkBits, Refusal};
 
 /// Link-local (including cloud metadata at 169.254.169.254): a sandbox
 /// never needs it and it is the classic way out of one.
@@ -38,6 +38,46 @@ pub struct Config {
     /// Who may open connections into a sandbox, and to which port.
     #[serde(default)]
     pub ingress: IngressConfig,
+    /// Judging each connection once per policy generation.
+    #[serde(default)]
+    pub fast_path: FastPathConfig,
+}
+
+/// `[fast_path]`: see `ruleset::generation`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FastPathConfig {
+    /// The ct mark bits netctl records generations in (contiguous, at
+    /// least 2). Narrow it if something else in the sandboxes' namespaces
+    /// uses ct marks; fewer bits wrap (and sweep) sooner.
+    #[serde(default = "default_ct_mark_mask")]
+    pub ct_mark_mask: u32,
+    /// The conntrack binary (conntrack-tools), which clears the marks when
+    /// generations wrap.
+    #[serde(default = "default_conntrack")]
+    pub conntrack: String,
+}
+
+impl Default for FastPathConfig {
+    fn default() -> Self {
+        Self {
+            ct_mark_mask: default_ct_mark_mask(),
+            conntrack: default_conntrack(),
+        }
+    }
+}
+
+impl FastPathConfig {
+    pub fn mark_bits(&self) -> Result<MarkBits, String> {
+        MarkBits::new(self.ct_mark_mask).map_err(|e| format!("fast_path.{e}"))
+    }
+}
+
+fn default_ct_mark_mask() -> u32 {
+    u32::MAX
+}
+fn default_conntrack() -> String {
+    "conntrack".to_owned()
 }
 
 /// `[setup]`; validated into a [`crate::setup::Layout`].
@@ -155,6 +195,7 @@ impl Default for Config {
             reconcile_concurrency: default_reconcile_concurrency(),
             setup: SetupConfig::default(),
             ingress: IngressConfig::default(),
+            fast_path: FastPathConfig::default(),
         }
     }
 }
@@ -236,6 +277,13 @@ impl Config {
                 path: shown.clone(),
                 message,
             })?;
+        config
+            .fast_path
+            .mark_bits()
+            .map_err(|message| ConfigError::Invalid {
+                path: shown.clone(),
+                message,
+            })?;
         crate::setup::Layout::from_config(&config.setup).map_err(|message| {
             ConfigError::Invalid {
                 path: shown.clone(),
@@ -292,5 +340,19 @@ mod tests {
             toml::from_str("refusal = \"drop\"\n[dns]\nmin_ttl = 1\ngrace = 2\n").unwrap();
         assert_eq!(c.refusal, Refusal::Drop);
         assert_eq!((c.dns.min_ttl, c.dns.grace), (1, 2));
+    }
+
+    #[test]
+    fn fast_path_mask_is_checked() {
+        let c: Config = toml::from_str("[fast_path]\nct_mark_mask = 0x00ff0000\n").unwrap();
+        assert_eq!(c.fast_path.mark_bits().unwrap().max(), 255);
+        let path = std::env::temp_dir().join(format!("netctl-config-{}.toml", std::process::id()));
+        std::fs::write(&path, "[fast_path]\nct_mark_mask = 0x5\n").unwrap();
+        let e = Config::load(&path, true).unwrap_err().to_string();
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            e.contains("fast_path.ct_mark_mask 0x5: the bits must be contiguous"),
+            "{e}"
+        );
     }
 }

@@ -6,6 +6,7 @@ pub mod apply;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod conntrack;
 pub mod dns;
 pub mod ingress;
 pub mod manager;

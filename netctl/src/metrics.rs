@@ -28,6 +28,7 @@ pub struct SandboxSample {
     pub failing_names: usize,
     pub names: usize,
     pub accepted: Option<u64>,
+    pub accepted_fast: Option<u64>,
     pub refused: Option<u64>,
     pub inbound_refused: Option<u64>,
 }
@@ -63,6 +64,10 @@ impl Metrics {
                 packets.push((
                     format!("sandbox=\"{}\",verdict=\"accepted\"", s.id),
                     a as f64,
+                ));
+                packets.push((
+                    format!("sandbox=\"{}\",verdict=\"accepted_fast\"", s.id),
+                    s.accepted_fast.unwrap_or(0) as f64,
                 ));
                 packets.push((
                     format!("sandbox=\"{}\",verdict=\"refused\"", s.id),

@@ -66,3 +66,41 @@ fn enter(path: &Path) -> Result<(), NetnsError> {
         source,
     })
 }
+
+/// The namespaces a sandbox's rules must never go into: netctl's own and
+/// PID 1's (the host's, when netctl runs in a namespace of its own). A
+/// policy there would filter the hypervisor host itself, and one wrong PID
+/// from a control plane must not cut a host off. Read once at start, by
+/// inode, so any path naming them (a /proc path, a bind mount) matches.
+#[derive(Debug, Clone, Default)]
+pub struct HostNamespaces {
+    own: Option<(u64, u64)>,
+    init: Option<(u64, u64)>,
+}
+
+impl HostNamespaces {
+    pub fn read() -> Self {
+        Self {
+            own: identity(Path::new("/proc/self/ns/net")),
+            init: identity(Path::new("/proc/1/ns/net")),
+        }
+    }
+
+    /// Why `path` may not hold a sandbox's rules, if it may not.
+    pub fn refusal(&self, path: &Path) -> Option<&'static str> {
+        let target = identity(path)?;
+        if Some(target) == self.own {
+            Some("is netctl's own network namespace")
+        } else if Some(target) == self.init {
+            Some("is PID 1's network namespace (the host's)")
+        } else {
+            None
+        }
+    }
+}
+
+/// Device and inode of a namespace file.
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}

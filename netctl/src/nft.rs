@@ -11,7 +11,9 @@ use std::process::{Command, Stdio};
 use nftables::schema::Nftables;
 
 use crate::netns::{self, NetnsError};
-use crate::ruleset::{COUNTER_ACCEPTED, COUNTER_INBOUND_REFUSED, COUNTER_REFUSED, TABLE};
+use crate::ruleset::{
+    COUNTER_ACCEPTED, COUNTER_FAST, COUNTER_INBOUND_REFUSED, COUNTER_REFUSED, TABLE,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
@@ -41,10 +43,14 @@ pub struct Nft {
 
 /// Packets our rules accepted and refused (named counters; they survive
 /// re-applies of the same table). `accepted` and `refused` count what the
-/// sandbox sent, `inbound_refused` what was sent to it and refused.
+/// sandbox sent and the sets judged, `accepted_fast` what it sent on
+/// connections already judged under the policy in force, and
+/// `inbound_refused` what was sent to it and refused.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counters {
     pub accepted: u64,
+    #[serde(default)]
+    pub accepted_fast: u64,
     pub refused: u64,
     #[serde(default)]
     pub inbound_refused: u64,
@@ -254,6 +260,7 @@ fn parse_counters(raw: &str) -> Result<Counters, String> {
         let packets = counter["packets"].as_u64().unwrap_or(0);
         match counter["name"].as_str() {
             Some(COUNTER_ACCEPTED) => counters.accepted = packets,
+            Some(COUNTER_FAST) => counters.accepted_fast = packets,
             Some(COUNTER_REFUSED) => counters.refused = packets,
             Some(COUNTER_INBOUND_REFUSED) => counters.inbound_refused = packets,
             _ => {}

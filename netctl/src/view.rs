@@ -25,6 +25,10 @@ pub struct SandboxView {
     pub ingress: Option<Inbound>,
     /// Whether the rules last computed are in the kernel.
     pub applied: bool,
+    /// The policy generation in force: connections judged under it are not
+    /// judged again until a change that can refuse more moves it on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_generation: Option<u32>,
     /// Why the last apply or refresh failed, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

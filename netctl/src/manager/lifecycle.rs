@@ -122,6 +122,12 @@ impl Manager {
                 ));
             }
         }
+        if let Err(e) = self.check_not_host(&netns) {
+            self.metrics
+                .rejected_requests
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
         let previous_target = self.claim(&entry.id, &netns)?;
         let result = self
             .set_claimed(entry, sb, spec, policy, netns, setup)
@@ -203,7 +209,7 @@ impl Manager {
         if let Some(applied) = sb.applied.as_mut() {
             applied.distrust();
         }
-        let applied = apply::apply(&self.nft, &netns, known.as_ref(), &desired).await;
+        let applied = apply::apply(&self.tools, &netns, known.as_ref(), &desired).await;
         self.metrics
             .record_apply(applied.is_ok(), started.elapsed());
         let applied = match applied {
@@ -228,7 +234,7 @@ impl Manager {
             // holds the table just applied.
             if let Some(old) = old_netns.filter(|old| !same_file(old, &netns)) {
                 // The sandbox moved: our table in the old namespace is stale.
-                if let Err(e) = self.nft.apply(&old, &ruleset::remove()).await {
+                if let Err(e) = self.tools.nft.apply(&old, &ruleset::remove()).await {
                     debug!(sandbox = %entry.id, error = %e, "old namespace not cleaned");
                 }
             }
@@ -263,7 +269,7 @@ impl Manager {
         }
         let netns = netns_path(&sb.spec)?;
         if netns.exists() {
-            if let Err(e) = self.nft.apply(&netns, &ruleset::remove()).await {
+            if let Err(e) = self.tools.nft.apply(&netns, &ruleset::remove()).await {
                 // A namespace that vanished meanwhile took our table with it.
                 if netns.exists() {
                     return Err(ApiError::new(ErrorCode::Internal, e.to_string()));

@@ -15,12 +15,15 @@ use sbx_proto::policy::{self, Destination, SandboxSpec, ValidPolicy};
 use sbx_proto::ErrorCode;
 use tokio::sync::{Mutex, Notify};
 
+use crate::apply::Tools;
 use crate::config::Config;
+use crate::conntrack::Conntrack;
 use crate::dns::{NameState, Resolver, Timing};
 use crate::ingress::{self, Inbound};
 use crate::metrics::Metrics;
+use crate::netns::HostNamespaces;
 use crate::nft::Nft;
-use crate::ruleset::{Applied, Desired, Prefixes};
+use crate::ruleset::{Applied, Desired, MarkBits, Prefixes};
 use crate::setup::{Layout, SavedSetup, Setup};
 use crate::store::Store;
 
@@ -80,7 +83,10 @@ pub struct Manager {
     ingress_from: Vec<IpNet>,
     sandbox_resolvers: Vec<IpNet>,
     timing: Timing,
-    nft: Nft,
+    tools: Tools,
+    mark_bits: MarkBits,
+    /// Where sandbox rules must never go.
+    host_netns: HostNamespaces,
     resolver: Resolver,
     store: Store,
     setup: Setup,
@@ -110,13 +116,22 @@ impl Manager {
         .into_iter()
         .map(policy::host_net)
         .collect();
+        let mark_bits = config
+            .fast_path
+            .mark_bits()
+            .map_err(|e| anyhow::anyhow!("config: {e}"))?;
         let store = Store::open(&state_dir)?;
         let layout =
             Layout::from_config(&config.setup).map_err(|e| anyhow::anyhow!("config: {e}"))?;
         Ok(Arc::new(Self {
             setup: Setup::new(layout, Nft::new(config.nft.clone())),
             timing: Timing::from_config(&config.dns),
-            nft: Nft::new(config.nft.clone()),
+            tools: Tools {
+                nft: Nft::new(config.nft.clone()),
+                conntrack: Conntrack::new(config.fast_path.conntrack.clone()),
+            },
+            mark_bits,
+            host_netns: HostNamespaces::read(),
             always,
             ingress_from,
             sandbox_resolvers,
@@ -277,6 +292,24 @@ impl Manager {
             deny: Prefixes::merge(&deny),
             ingress_port: inbound.port,
             ingress: Prefixes::merge(&inbound.allow_from),
+            mark_bits: self.mark_bits,
+        }
+    }
+}
+
+impl Manager {
+    /// Refuses a target namespace that is the host's (see
+    /// [`HostNamespaces`]), before anything is touched.
+    fn check_not_host(&self, netns: &Path) -> Result<(), ApiError> {
+        match self.host_netns.refusal(netns) {
+            Some(why) => Err(ApiError::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "network namespace {} {why}: sandbox rules are never put there",
+                    netns.display()
+                ),
+            )),
+            None => Ok(()),
         }
     }
 }

@@ -115,6 +115,12 @@ pub(super) async fn refresher(manager: Arc<Manager>, entry: Arc<Entry>) {
         let Ok(path) = target(&sb.spec, sb.setup.as_ref()) else {
             continue;
         };
+        // A /proc/<pid> target whose PID was reused by a host process.
+        if let Err(e) = manager.check_not_host(&path) {
+            warn!(sandbox = %entry.id, error = %e, "set refresh refused");
+            sb.error = Some(e.message);
+            continue;
+        }
         let saved = Saved {
             id: entry.id.clone(),
             spec: sb.spec.clone(),
@@ -128,7 +134,7 @@ pub(super) async fn refresher(manager: Arc<Manager>, entry: Arc<Entry>) {
         if let Some(applied) = sb.applied.as_mut() {
             applied.distrust();
         }
-        let applied = apply::apply(&manager.nft, &path, known.as_ref(), &desired).await;
+        let applied = apply::apply(&manager.tools, &path, known.as_ref(), &desired).await;
         match applied {
             Ok(applied) => {
                 manager.metrics.set_updates.fetch_add(1, Ordering::Relaxed);

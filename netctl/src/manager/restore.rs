@@ -120,7 +120,11 @@ impl Manager {
         };
         let result = match built
             .and_then(|()| target(&saved.spec, saved.setup.as_ref()).map_err(|e| e.message))
-        {
+            .and_then(|path| {
+                self.check_not_host(&path)
+                    .map(|()| path)
+                    .map_err(|e| e.message)
+            }) {
             Ok(path) => {
                 let inbound = self.inbound(&saved.id, sb.setup.as_ref(), &path).await;
                 let desired = self.desired(
@@ -132,7 +136,7 @@ impl Manager {
                 );
                 sb.inbound = inbound;
                 let started = Instant::now();
-                let r = apply::apply(&self.nft, &path, None, &desired).await;
+                let r = apply::apply(&self.tools, &path, None, &desired).await;
                 self.metrics.record_apply(r.is_ok(), started.elapsed());
                 r.map_err(|e| e.to_string())
             }

@@ -30,7 +30,7 @@ impl Manager {
     pub(super) async fn view(&self, id: &str, sb: &Sandbox, with_counters: bool) -> SandboxView {
         let counters = if with_counters {
             match target(&sb.spec, sb.setup.as_ref()) {
-                Ok(path) => self.nft.counters(&path).await.ok().flatten(),
+                Ok(path) => self.tools.nft.counters(&path).await.ok().flatten(),
                 Err(_) => None,
             }
         } else {
@@ -53,6 +53,7 @@ impl Manager {
             network: sb.spec.network.clone(),
             ingress: sb.applied.is_some().then(|| sb.inbound.clone()),
             applied: sb.applied.is_some(),
+            policy_generation: sb.applied.as_ref().map(|a| a.generation.get()),
             error: sb.error.clone(),
             names: sb
                 .names
@@ -84,7 +85,9 @@ impl Manager {
                 continue;
             }
             let counters = match target(&sb.spec, sb.setup.as_ref()) {
-                Ok(path) if sb.applied.is_some() => self.nft.counters(&path).await.ok().flatten(),
+                Ok(path) if sb.applied.is_some() => {
+                    self.tools.nft.counters(&path).await.ok().flatten()
+                }
                 _ => None,
             };
             out.push(SandboxSample {
@@ -93,6 +96,7 @@ impl Manager {
                 names: sb.names.len(),
                 failing_names: sb.names.values().filter(|s| s.error.is_some()).count(),
                 accepted: counters.map(|c| c.accepted),
+                accepted_fast: counters.map(|c| c.accepted_fast),
                 refused: counters.map(|c| c.refused),
                 inbound_refused: counters.map(|c| c.inbound_refused),
             });

@@ -4,6 +4,7 @@
 use nftables::expr::{Expression, MetaKey};
 use nftables::stmt::Statement;
 
+use super::generation::{self, Generation};
 use super::sets::{daddr_in, SetKind, Slots};
 use super::{Desired, CHAIN_REFUSE, COUNTER_ACCEPTED};
 use crate::nft_schema::{accept, any_of, count, ct, eq, goto, meta, one_of, payload};
@@ -35,7 +36,13 @@ pub(super) fn hop_limit(limit: u32) -> Statement<'static> {
     eq(payload("ip6", "hoplimit"), Expression::Number(limit))
 }
 
-pub(super) fn policy_rules(desired: &Desired, slots: Slots) -> Vec<Vec<Statement<'static>>> {
+pub(super) fn policy_rules(
+    desired: &Desired,
+    slots: Slots,
+    generation: Generation,
+) -> Vec<Vec<Statement<'static>>> {
+    let bits = desired.mark_bits;
+    let judged = || generation::mark(bits, generation);
     let mut rules = vec![
         vec![
             eq(meta(MetaKey::Oif), Expression::String("lo".into())),
@@ -68,6 +75,7 @@ pub(super) fn policy_rules(desired: &Desired, slots: Slots) -> Vec<Vec<Statement
             eq(ct("direction"), Expression::String("reply".into())),
             accept(),
         ],
+        generation::fast_path(bits, generation),
     ];
     for v6 in [false, true] {
         rules.push(vec![
@@ -82,6 +90,7 @@ pub(super) fn policy_rules(desired: &Desired, slots: Slots) -> Vec<Vec<Statement
                     daddr_in(SetKind::Dns, v6, slots),
                     eq(payload(proto, "dport"), Expression::Number(DNS_PORT)),
                     count(COUNTER_ACCEPTED),
+                    judged(),
                     accept(),
                 ]);
             }
@@ -91,6 +100,7 @@ pub(super) fn policy_rules(desired: &Desired, slots: Slots) -> Vec<Vec<Statement
         rules.push(vec![
             daddr_in(SetKind::Allow, v6, slots),
             count(COUNTER_ACCEPTED),
+            judged(),
             accept(),
         ]);
     }
@@ -98,7 +108,7 @@ pub(super) fn policy_rules(desired: &Desired, slots: Slots) -> Vec<Vec<Statement
         rules.push(vec![daddr_in(SetKind::Deny, v6, slots), goto(CHAIN_REFUSE)]);
     }
     if desired.allow_internet_access {
-        rules.push(vec![count(COUNTER_ACCEPTED), accept()]);
+        rules.push(vec![count(COUNTER_ACCEPTED), judged(), accept()]);
     } else {
         rules.push(vec![goto(CHAIN_REFUSE)]);
     }

@@ -14,11 +14,12 @@
 //!     icmpv6 neighbour discovery, hop limit 255      IPv6 keeps working
 //!     icmpv6 MLDv2 report to ff02::16, hop limit 1   no refused-counter noise
 //!     ct state established,related ct direction reply accept
+//!     ct mark & <bits> == <generation> accept        judged under this policy already
 //!     ip/ip6 daddr @always4/6   goto refuse
-//!     udp/tcp dport 53 to @dns4/6 accept             only if allow_out names a domain
-//!     ip/ip6 daddr @allow4/6    accept
+//!     udp/tcp dport 53 to @dns4/6 mark, accept       only if allow_out names a domain
+//!     ip/ip6 daddr @allow4/6    mark, accept
 //!     ip/ip6 daddr @deny4/6     goto refuse
-//!     accept | goto refuse                           allow_internet_access
+//!     mark, accept | goto refuse                     allow_internet_access
 //!   chain refuse: counter, tcp reset, icmpx admin-prohibited
 //!   chain inbound:                                   connections into it (ingress.rs)
 //!     ... tcp dport 9501 ip/ip6 saddr @ingress4/6 accept
@@ -29,12 +30,15 @@
 //! Every set exists as two copies (`deny4_0`, `deny4_1`) and the rules name
 //! one; see [`Change`] for why a change fills the other copy first.
 //!
-//! Packets the sandbox originates are judged every time (interval-set
-//! lookups are O(log n)), so a tightened policy also cuts connections that
-//! were opened earlier. Only replies on connections opened *toward* the
-//! sandbox skip the sets.
+//! A connection the sandbox opens is judged once per policy generation
+//! ("mark" above records the generation on it; see `generation`): a change
+//! that can refuse more starts a new generation, so the next packet of
+//! every open connection is judged again and a tightened policy still cuts
+//! connections opened earlier. Replies on connections opened *toward* the
+//! sandbox never go through the sets.
 
 mod egress;
+mod generation;
 mod ingress;
 mod sets;
 #[cfg(test)]
@@ -47,6 +51,7 @@ use nftables::stmt::{Reject, RejectType, Statement};
 use nftables::types::{NfChainType, NfHook, RejectCode};
 
 use crate::nft_schema::{self, count, eq, jump, meta};
+pub use generation::{Generation, MarkBits};
 use sets::{add_elements, set_decl};
 pub use sets::{referenced, Prefixes, SetKind, Slots};
 
@@ -65,6 +70,9 @@ const CHAIN_REFUSE_IN: &str = "refuse_in";
 
 pub const COUNTER_ACCEPTED: &str = "accepted";
 pub const COUNTER_REFUSED: &str = "refused";
+/// Packets accepted without a set lookup: their connection was judged
+/// under the policy generation in force.
+pub const COUNTER_FAST: &str = "accepted_fast";
 /// Packets of connections into the sandbox that the inbound rules refused.
 pub const COUNTER_INBOUND_REFUSED: &str = "inbound_refused";
 
@@ -93,6 +101,9 @@ pub struct Desired {
     pub ingress_port: u16,
     /// Where they may come from (empty: nowhere).
     pub ingress: Prefixes,
+    /// The ct mark bits that record under which generation a connection
+    /// was judged.
+    pub mark_bits: MarkBits,
 }
 
 impl Desired {
@@ -112,6 +123,8 @@ impl Desired {
 pub struct Applied {
     pub desired: Desired,
     pub slots: Slots,
+    /// The generation the rules accept without judging again.
+    pub generation: Generation,
     /// Whether the kernel is known to hold exactly this: rules pointing at
     /// `slots` and no spare copies (a completed switch deletes them).
     /// Cleared before every change and left cleared if it fails or its
@@ -140,6 +153,32 @@ pub struct Change {
     pub switch: Nftables<'static>,
     /// What the rules point at once `switch` is committed.
     pub slots: Slots,
+    /// The generation `switch` puts in force.
+    pub generation: Generation,
+    /// Whether every connection's generation bits must be cleared between
+    /// `stage` and `switch` (the counter wrapped, or the generation in
+    /// force is not known).
+    pub sweep: bool,
+}
+
+/// What the rules in the kernel are, read from a listing of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InForce {
+    /// The copy of each set they name.
+    pub slots: Slots,
+    /// The mask and the mark value their fast path accepts, if they have one.
+    pub mark: Option<(u32, u32)>,
+}
+
+/// Reads [`InForce`] from a JSON listing of our rules (see [`list_rules`]).
+pub fn in_force(listing: &str) -> Result<InForce, String> {
+    let slots = referenced(listing)?;
+    let value: serde_json::Value =
+        serde_json::from_str(listing).map_err(|e| format!("nft listing: {e}"))?;
+    Ok(InForce {
+        slots,
+        mark: generation::listed(&value),
+    })
 }
 
 /// From a state we committed ourselves (`old.trusted`): only sets whose
@@ -150,20 +189,29 @@ pub struct Change {
 /// nothing.
 pub fn update(old: &Applied, new: &Desired) -> Change {
     let same = &old.desired == new;
-    change(old.slots, Spares::Absent, new, |kind: SetKind, v6: bool| {
-        let (before, after) = (old.desired.set(kind), new.set(kind));
-        same || if v6 {
-            before.v6 != after.v6
-        } else {
-            before.v4 != after.v4
-        }
-    })
+    let next = generation::following(old.generation, &old.desired, new);
+    change(
+        old.slots,
+        Spares::Absent,
+        new,
+        next,
+        |kind: SetKind, v6: bool| {
+            let (before, after) = (old.desired.set(kind), new.set(kind));
+            same || if v6 {
+                before.v6 != after.v6
+            } else {
+                before.v4 != after.v4
+            }
+        },
+    )
 }
 
 /// From a state we do not know: every set is staged into the slot the
-/// rules in the kernel do not point at (`referenced`, read from there).
-pub fn rebuild(referenced: Slots, new: &Desired) -> Change {
-    change(referenced, Spares::Unknown, new, |_, _| true)
+/// rules in the kernel do not point at, and connections are judged again
+/// under a generation after the one in force (both read from there).
+pub fn rebuild(in_force: InForce, new: &Desired) -> Change {
+    let next = generation::from_listing(new.mark_bits, in_force.mark);
+    change(in_force.slots, Spares::Unknown, new, next, |_, _| true)
 }
 
 /// What may be in the copies a stage fills.
@@ -181,6 +229,7 @@ fn change(
     current: Slots,
     spares: Spares,
     desired: &Desired,
+    next: generation::Next,
     restage: impl Fn(SetKind, bool) -> bool,
 ) -> Change {
     let mut slots = current;
@@ -210,8 +259,10 @@ fn change(
     }
     Change {
         stage: staged.then(|| stage.to_nftables()),
-        switch: switch(desired, slots),
+        switch: switch(desired, slots, next.generation),
         slots,
+        generation: next.generation,
+        sweep: next.sweep,
     }
 }
 
@@ -219,10 +270,15 @@ fn change(
 /// they exist, so they keep counting). Sets are not declared here: if one
 /// the rules need is missing the transaction fails whole instead of
 /// matching against an empty set.
-fn switch(desired: &Desired, slots: Slots) -> Nftables<'static> {
+fn switch(desired: &Desired, slots: Slots, generation: Generation) -> Nftables<'static> {
     let mut batch = Batch::new();
     batch.add(NfListObject::Table(nft_schema::table(TABLE)));
-    for name in [COUNTER_ACCEPTED, COUNTER_REFUSED, COUNTER_INBOUND_REFUSED] {
+    for name in [
+        COUNTER_ACCEPTED,
+        COUNTER_FAST,
+        COUNTER_REFUSED,
+        COUNTER_INBOUND_REFUSED,
+    ] {
         batch.add(nft_schema::counter(TABLE, name));
     }
     for (name, hook) in [
@@ -280,7 +336,7 @@ fn switch(desired: &Desired, slots: Slots) -> Nftables<'static> {
             ));
         }
     }
-    for r in egress::policy_rules(desired, slots) {
+    for r in egress::policy_rules(desired, slots, generation) {
         batch.add(nft_schema::rule(TABLE, CHAIN_POLICY, r));
     }
     for r in refuse_rules(desired.refusal, COUNTER_REFUSED) {

@@ -20,6 +20,7 @@ fn desired() -> Desired {
             "10.200.0.1/32".parse().unwrap(),
             "fd00:5b::1/128".parse().unwrap(),
         ]),
+        mark_bits: MarkBits::default(),
     }
 }
 
@@ -46,7 +47,7 @@ fn merges_overlapping_and_adjacent_prefixes() {
 }
 
 fn fresh(d: &Desired) -> Change {
-    rebuild(Slots::default(), d)
+    rebuild(InForce::default(), d)
 }
 
 /// What a first apply of `desired()` leaves.
@@ -54,6 +55,7 @@ fn applied_fresh() -> Applied {
     Applied {
         desired: desired(),
         slots: fresh(&desired()).slots,
+        generation: fresh(&desired()).generation,
         trusted: true,
     }
 }
@@ -217,6 +219,7 @@ fn the_switch_never_touches_set_contents() {
             &Applied {
                 desired: desired(),
                 slots: Slots::default(),
+                generation: Generation::FIRST,
                 trusted: true,
             },
             &d,
@@ -242,7 +245,9 @@ fn reads_which_slot_the_kernel_rules_point_at() {
     assert_eq!(slots.get(SetKind::Deny, false), 1);
     assert_eq!(slots.get(SetKind::Deny, true), 0);
     assert_eq!(
-        rebuild(slots, &desired()).slots.get(SetKind::Deny, false),
+        rebuild(InForce { slots, mark: None }, &desired())
+            .slots
+            .get(SetKind::Deny, false),
         0
     );
     // A comment naming a set is not a reference.
@@ -374,4 +379,67 @@ fn the_ingress_sets_move_between_copies_like_the_others() {
     let listing = r#"{"nftables": [{"rule": {"chain": "inbound", "expr": [{"match": {"op": "==",
         "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": "@ingress6_1"}}]}}]}"#;
     assert_eq!(referenced(listing).unwrap().get(SetKind::Ingress, true), 1);
+}
+
+#[test]
+fn only_a_change_that_can_refuse_more_starts_a_generation() {
+    let old = applied_fresh();
+    assert_eq!(old.generation, Generation::FIRST);
+    let fresh_change = fresh(&desired());
+    assert!(fresh_change.sweep, "an unknown generation is swept");
+
+    // More allowed, less denied: connections stay judged.
+    let mut looser = old.desired.clone();
+    looser.allow = Prefixes::merge(&["192.0.2.0/24".parse().unwrap()]);
+    let c = update(&old, &looser);
+    assert_eq!((c.generation, c.sweep), (old.generation, false));
+
+    // Each kind of tightening moves on.
+    let mut tighter = Vec::new();
+    let mut d = old.desired.clone();
+    d.deny = Prefixes::merge(&["198.51.100.7/32".parse().unwrap()]);
+    tighter.push(d);
+    let mut d = old.desired.clone();
+    d.allow_internet_access = false;
+    tighter.push(d);
+    let mut d = old.desired.clone();
+    d.always = Prefixes::merge(&["10.0.0.0/8".parse().unwrap()]);
+    tighter.push(d);
+    for new in tighter {
+        let c = update(&old, &new);
+        assert_eq!(c.generation.get(), 2, "{new:?}");
+        assert!(!c.sweep);
+    }
+    let shrunk = Applied {
+        desired: looser.clone(),
+        ..old.clone()
+    };
+    assert_eq!(update(&shrunk, &old.desired).generation.get(), 2);
+    // The same state again changes nothing.
+    assert_eq!(update(&old, &old.desired).generation.get(), 1);
+}
+
+#[test]
+fn the_rules_accept_the_generation_and_mark_with_it() {
+    let mut d = desired();
+    d.mark_bits = MarkBits::new(0x0000_ff00).unwrap();
+    let c = fresh(&d);
+    let policy = rules_of(&c.switch, "policy");
+    let text = serde_json::to_string(&policy).unwrap();
+    let value = c.generation.get() << 8;
+    // Three accepts mark (allow v4, v6, and allow_internet_access).
+    assert_eq!(text.matches(r#""mangle""#).count(), 3, "{text}");
+    assert!(
+        text.contains(r#"{"&":[{"ct":{"key":"mark"}},4294902015]}"#),
+        "{text}"
+    );
+    let listing = serde_json::json!({"nftables": policy
+        .iter()
+        .map(|r| serde_json::json!({"rule": {"expr": r}}))
+        .collect::<Vec<_>>()});
+    assert_eq!(
+        generation::listed(&listing),
+        Some((0xff00, value)),
+        "the fast path reads back"
+    );
 }

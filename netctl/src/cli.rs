@@ -301,6 +301,27 @@ fn print_view(v: &SandboxView) {
                 .unwrap_or_default()
         );
     }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    for a in &v.answers {
+        let addrs: Vec<String> = a
+            .addresses
+            .iter()
+            .map(|(addr, expires)| {
+                format!(
+                    "{addr} (expires in {}s)",
+                    expires.saturating_sub(now_ms) / 1000
+                )
+            })
+            .collect();
+        println!(
+            "resolved {} {}s ago -> [{}]",
+            a.name,
+            now_ms.saturating_sub(a.at_ms) / 1000,
+            addrs.join(", ")
+        );
+    }
     if let Some(c) = &v.counters {
         println!(
             "packets  out: {} accepted by the rules, {} on connections they accepted, {} refused; in: {} refused",

@@ -166,9 +166,19 @@ pub struct DnsConfig {
     /// Empty: the same servers netctl uses.
     #[serde(default)]
     pub sandbox_resolvers: Vec<IpAddr>,
-    /// Whether to open port 53 to those resolvers at all.
+    /// Whether to open port 53 to those resolvers at all (only without
+    /// `forward`).
     #[serde(default = "default_true")]
     pub allow_sandbox_queries: bool,
+    /// Answer a sandbox's DNS with netctl's forwarder when its policy names
+    /// a domain (SPEC 4): answers drive the allow sets, denied names get
+    /// NXDOMAIN, DNS over TLS is refused.
+    #[serde(default = "default_true")]
+    pub forward: bool,
+    /// The forwarder's port inside each sandbox's namespace (the sandbox's
+    /// port-53 traffic is redirected there).
+    #[serde(default = "default_forwarder_port")]
+    pub forwarder_port: u16,
 }
 
 impl Default for DnsConfig {
@@ -181,6 +191,8 @@ impl Default for DnsConfig {
             timeout_ms: default_timeout_ms(),
             sandbox_resolvers: Vec::new(),
             allow_sandbox_queries: true,
+            forward: true,
+            forwarder_port: default_forwarder_port(),
         }
     }
 }
@@ -220,6 +232,9 @@ fn default_grace() -> u64 {
 }
 fn default_timeout_ms() -> u64 {
     2_000
+}
+fn default_forwarder_port() -> u16 {
+    53053
 }
 fn default_true() -> bool {
     true
@@ -290,6 +305,12 @@ impl Config {
                 message,
             }
         })?;
+        if config.dns.forwarder_port == 0 || config.dns.forwarder_port == 53 {
+            return Err(ConfigError::Invalid {
+                path: shown,
+                message: "dns.forwarder_port must be a port other than 0 and 53".into(),
+            });
+        }
         if config.dns.min_ttl == 0 || config.dns.min_ttl > config.dns.max_ttl {
             return Err(ConfigError::Invalid {
                 path: shown,
@@ -318,7 +339,10 @@ pub fn parse_nets(field: &str, entries: &[String]) -> Result<Vec<IpNet>, String>
         .map(
             |(i, entry)| match sbx_proto::policy::parse_destination(entry) {
                 Ok(sbx_proto::policy::Destination::Net(net)) => Ok(net),
-                Ok(sbx_proto::policy::Destination::Domain(_)) => Err(format!(
+                Ok(
+                    sbx_proto::policy::Destination::Domain(_)
+                    | sbx_proto::policy::Destination::Wildcard(_),
+                ) => Err(format!(
                     "{field}[{i}] {entry:?}: only addresses and CIDRs are allowed"
                 )),
                 Err(e) => Err(format!("{field}[{i}] {entry:?}: {e}")),

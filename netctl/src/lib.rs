@@ -8,6 +8,8 @@ pub mod client;
 pub mod config;
 pub mod conntrack;
 pub mod dns;
+pub mod elements;
+pub mod forwarder;
 pub mod ingress;
 pub mod manager;
 pub mod metrics;

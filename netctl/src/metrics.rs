@@ -3,6 +3,8 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::forwarder::stats::Verdict;
 use std::time::Duration;
 
 /// Name, type, help and labelled values of one metric family.
@@ -18,6 +20,8 @@ pub struct Metrics {
     pub set_updates: AtomicU64,
     pub set_updates_failed: AtomicU64,
     pub rejected_requests: AtomicU64,
+    /// What the DNS forwarders did.
+    pub dns: std::sync::Arc<crate::forwarder::stats::DnsStats>,
 }
 
 /// Per-sandbox figures for one scrape.
@@ -31,6 +35,9 @@ pub struct SandboxSample {
     pub accepted_fast: Option<u64>,
     pub refused: Option<u64>,
     pub inbound_refused: Option<u64>,
+    /// Addresses from DNS answers in the sandbox's sets, while its DNS is
+    /// forwarded.
+    pub answer_elements: Option<usize>,
 }
 
 impl Metrics {
@@ -145,8 +152,49 @@ impl Metrics {
                 "Packets sent into a sandbox that its inbound rules refused (new connections not to the agent's port from an allowed source).",
                 per_sandbox(&|s| s.inbound_refused.map(|n| n as f64)),
             ),
+            (
+                "netctl_dns_queries_total",
+                "counter",
+                "Queries the DNS forwarders answered, by verdict.",
+                Verdict::ALL
+                    .iter()
+                    .map(|v| {
+                        (
+                            format!("verdict=\"{}\"", v.label()),
+                            self.dns.queries(*v) as f64,
+                        )
+                    })
+                    .collect(),
+            ),
+            (
+                "netctl_dns_dropped_total",
+                "counter",
+                "Queries dropped because a sandbox had too many in flight.",
+                vec![(String::new(), get(&self.dns.dropped))],
+            ),
+            (
+                "netctl_dns_answer_elements",
+                "gauge",
+                "Addresses from DNS answers in a sandbox's allow sets.",
+                per_sandbox(&|s| s.answer_elements.map(|n| n as f64)),
+            ),
         ];
         let mut out = String::new();
+        let (buckets, sum) = self.dns.hold_histogram();
+        let _ = writeln!(
+            out,
+            "# HELP netctl_dns_hold_seconds How long answers were held until their addresses were in the sets.\n# TYPE netctl_dns_hold_seconds histogram"
+        );
+        let mut total = 0;
+        for (bound, count) in buckets {
+            let le = bound.map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
+            let _ = writeln!(out, "netctl_dns_hold_seconds_bucket{{le=\"{le}\"}} {count}");
+            total = count;
+        }
+        let _ = writeln!(
+            out,
+            "netctl_dns_hold_seconds_sum {sum}\nnetctl_dns_hold_seconds_count {total}"
+        );
         for (name, kind, help, values) in families {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for (labels, value) in values {

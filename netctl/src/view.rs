@@ -34,6 +34,10 @@ pub struct SandboxView {
     pub error: Option<String>,
     /// Resolved addresses per domain name.
     pub names: Vec<NameView>,
+    /// Names the sandbox itself resolved through netctl's forwarder
+    /// recently, newest first, with each address's element expiry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answers: Vec<crate::forwarder::Resolved>,
     /// Packets our rules accepted and refused; only on single-sandbox reads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counters: Option<Counters>,

@@ -61,6 +61,10 @@ pub enum Destination {
     Net(IpNet),
     /// A lower-cased RFC 1123 host name without a trailing dot.
     Domain(String),
+    /// `*.example.com`: every name under `example.com` (stored without the
+    /// `*.`), but not `example.com` itself. Enforced through DNS answers
+    /// only: there is nothing to resolve in advance.
+    Wildcard(String),
 }
 
 impl fmt::Display for Destination {
@@ -71,6 +75,7 @@ impl fmt::Display for Destination {
             }
             Self::Net(net) => write!(f, "{net}"),
             Self::Domain(name) => f.write_str(name),
+            Self::Wildcard(suffix) => write!(f, "*.{suffix}"),
         }
     }
 }
@@ -84,7 +89,17 @@ pub struct ValidPolicy {
 }
 
 impl ValidPolicy {
-    /// Every domain name either list mentions, sorted and de-duplicated.
+    /// Whether either list names a domain or a wildcard: then the
+    /// sandbox's DNS is answered by netctl (SPEC 4).
+    pub fn names_any_domain(&self) -> bool {
+        self.allow_out
+            .iter()
+            .chain(&self.deny_out)
+            .any(|d| !matches!(d, Destination::Net(_)))
+    }
+
+    /// Every domain name either list mentions (not wildcards: there is
+    /// nothing to resolve in advance), sorted and de-duplicated.
     pub fn domains(&self) -> Vec<String> {
         let mut names: Vec<String> = self
             .allow_out
@@ -92,7 +107,7 @@ impl ValidPolicy {
             .chain(&self.deny_out)
             .filter_map(|d| match d {
                 Destination::Domain(name) => Some(name.clone()),
-                Destination::Net(_) => None,
+                Destination::Net(_) | Destination::Wildcard(_) => None,
             })
             .collect();
         names.sort();
@@ -131,7 +146,7 @@ pub enum EntryError {
     BadCidr,
     #[error("host bits set (the network is {0})")]
     HostBitsSet(IpNet),
-    #[error("wildcard names are not supported")]
+    #[error("a wildcard is only allowed as a whole first label (\"*.example.com\")")]
     Wildcard,
     #[error("not an IP address, CIDR or RFC 1123 host name")]
     BadName,
@@ -201,7 +216,10 @@ pub fn parse_destination(entry: &str) -> Result<Destination, EntryError> {
     if let Ok(addr) = entry.parse::<IpAddr>() {
         return Ok(Destination::Net(fold_mapped(IpNet::from(addr))));
     }
-    parse_domain(entry).map(Destination::Domain)
+    match entry.strip_prefix("*.") {
+        Some(suffix) => parse_domain(suffix).map(Destination::Wildcard),
+        None => parse_domain(entry).map(Destination::Domain),
+    }
 }
 
 /// An IPv4-mapped IPv6 destination (`::ffff:a.b.c.d`) is reached with IPv4
@@ -491,6 +509,18 @@ mod tests {
     }
 
     #[test]
+    fn wildcards_cover_names_under_a_domain() {
+        assert_eq!(
+            parse_destination("*.Example.COM").unwrap(),
+            Destination::Wildcard("example.com".into())
+        );
+        assert_eq!(
+            parse_destination("*.example.com").unwrap().to_string(),
+            "*.example.com"
+        );
+    }
+
+    #[test]
     fn host_bits_are_an_error() {
         assert_eq!(
             parse_destination("192.0.2.1/24"),
@@ -520,7 +550,11 @@ mod tests {
     fn bad_names_are_refused() {
         for bad in [
             "",
-            "*.example.com",
+            "*example.com",
+            "a.*.example.com",
+            "*.*.example.com",
+            "*",
+            "*.",
             "-a.example",
             "a-.example",
             "a..b",

@@ -297,7 +297,7 @@ pub struct Dns {
 }
 
 impl Dns {
-    fn start(internet: &Netns, dir: &Path, ttl: u32) -> Self {
+    fn start(internet: &Netns, dir: &Path, ttl: u32, extra: &[String]) -> Self {
         let hosts = dir.join("hosts");
         fs::write(&hosts, "").expect("hosts file");
         let mut cmd = internet.command("/usr/sbin/dnsmasq");
@@ -316,6 +316,7 @@ impl Dns {
         .arg(format!("--listen-address={DNS_V6}"))
         .arg(format!("--addn-hosts={}", hosts.display()))
         .arg(format!("--local-ttl={ttl}"))
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -335,6 +336,12 @@ impl Dns {
             assert!(Instant::now() < deadline, "dnsmasq did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Kills dnsmasq (by its PID): the resolver is gone.
+    pub fn stop(&mut self) {
+        self.child.signal(libc::SIGKILL);
+        let _ = self.child.wait_timeout(Duration::from_secs(2));
     }
 
     /// Replaces all records (`(address, name)`) and makes dnsmasq reload.
@@ -357,6 +364,8 @@ pub struct WorldOptions {
     /// Extra TOML appended to the daemon's config.
     pub extra_config: String,
     pub grace: u64,
+    /// Extra dnsmasq arguments (`--cname=...`, `--log-queries`, ...).
+    pub dns_args: Vec<String>,
 }
 
 impl Default for WorldOptions {
@@ -365,6 +374,7 @@ impl Default for WorldOptions {
             dns_ttl: 1,
             extra_config: String::new(),
             grace: 3,
+            dns_args: Vec::new(),
         }
     }
 }
@@ -412,7 +422,7 @@ impl World {
         host.ip(&["route", "add", "default", "via", "192.0.2.129"]);
 
         let dir = tempfile::tempdir().expect("tempdir");
-        let dns = Dns::start(&internet, dir.path(), opts.dns_ttl);
+        let dns = Dns::start(&internet, dir.path(), opts.dns_ttl, &opts.dns_args);
         let server = EchoServer::start(&internet.path());
         let config = format!(
             "{}\n[dns]\nupstreams = [\"{DNS_V4}\"]\nmin_ttl = 1\nmax_ttl = 60\ngrace = {}\ntimeout_ms = 500\n",

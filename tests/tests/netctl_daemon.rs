@@ -55,7 +55,7 @@ fn bad_policy_is_refused_and_old_rules_stay() {
             "deny_out[0]",
         ),
         (
-            r#"{"allow_out": ["ok.test", "*.wild.test"]}"#.to_owned(),
+            r#"{"allow_out": ["ok.test", "a.*.wild.test"]}"#.to_owned(),
             "allow_out[1]",
         ),
         (r#"{"deny_out": [], "allow_in": []}"#.to_owned(), "allow_in"),
@@ -339,7 +339,7 @@ fn cli_apply_show_list_remove_and_check() {
     let (code, _, err) = netctl_cli(
         &nowhere,
         &["check", "--policy", "-"],
-        Some(r#"{"allow_out": ["*.x.test"]}"#),
+        Some(r#"{"allow_out": ["x.*.test"]}"#),
     );
     assert_ne!(code, 0);
     assert!(

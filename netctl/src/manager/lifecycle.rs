@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 use super::{netns_path, not_found, same_file, target, ApiError, Entry, Manager, Sandbox};
 use crate::apply;
 use crate::dns::NameState;
+use crate::forwarder::names::NameRules;
 use crate::ruleset;
 use crate::setup::{Phase, Plan, SavedSetup};
 use crate::store::Saved;
@@ -183,6 +184,11 @@ impl Manager {
         let inbound = self.inbound(&entry.id, setup.as_ref(), &netns).await;
 
         let desired = self.desired(&spec, setup.as_ref(), policy.as_ref(), &names, &inbound);
+        let same_netns = target(&sb.spec, sb.setup.as_ref()).ok().as_ref() == Some(&netns);
+        // Listening before any rule redirects the sandbox's DNS to it.
+        let started_forwarder = self
+            .forwarder_for(&entry.id, sb, &netns, same_netns, policy.as_ref())
+            .await?;
         let previous = Saved {
             id: entry.id.clone(),
             spec: sb.spec.clone(),
@@ -201,7 +207,6 @@ impl Manager {
             .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
         let save_us = saving.elapsed().as_micros() as u64;
         let started = Instant::now();
-        let same_netns = target(&sb.spec, sb.setup.as_ref()).ok().as_ref() == Some(&netns);
         let known = sb.applied.clone().filter(|_| same_netns);
         // Until this change completes the kernel may hold part of it; if
         // the request is dropped half-way this stays, and the next change
@@ -239,6 +244,15 @@ impl Manager {
                 }
             }
         }
+        match (started_forwarder, policy.as_ref()) {
+            (Some(forwarder), _) => sb.forwarder = Some(forwarder),
+            (None, Some(p)) if self.intercepts(Some(p)) => {
+                if let Some(forwarder) = &sb.forwarder {
+                    forwarder.set_rules(NameRules::from_policy(p));
+                }
+            }
+            _ => sb.forwarder = None,
+        }
         sb.spec = spec;
         sb.policy = policy;
         sb.names = names;
@@ -260,6 +274,8 @@ impl Manager {
         if sb.removed {
             return Err(not_found(id));
         }
+        // Its sockets hold the namespace: they go first.
+        sb.forwarder = None;
         if let Some(setup) = sb.setup.clone() {
             self.delete_setup(id, &mut sb, setup).await?;
             sb.removed = true;

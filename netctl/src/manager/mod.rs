@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
 
 use ipnet::IpNet;
 use sbx_proto::policy::{self, Destination, SandboxSpec, ValidPolicy};
@@ -19,10 +20,14 @@ use crate::apply::Tools;
 use crate::config::Config;
 use crate::conntrack::Conntrack;
 use crate::dns::{NameState, Resolver, Timing};
+use crate::forwarder::names::NameRules;
+use crate::forwarder::upstream::Upstreams;
+use crate::forwarder::{self, Forwarder};
 use crate::ingress::{self, Inbound};
 use crate::metrics::Metrics;
 use crate::netns::HostNamespaces;
 use crate::nft::Nft;
+use crate::ruleset::answers::Intercept;
 use crate::ruleset::{Applied, Desired, MarkBits, Prefixes};
 use crate::setup::{Layout, SavedSetup, Setup};
 use crate::store::Store;
@@ -65,6 +70,8 @@ struct Sandbox {
     /// What the inbound rules last applied let in.
     inbound: Inbound,
     error: Option<String>,
+    /// Answers the sandbox's DNS while its policy names a domain.
+    forwarder: Option<Forwarder>,
     /// Bumped on every PUT/PATCH so a refresh that raced one is discarded.
     generation: u64,
     removed: bool,
@@ -176,6 +183,7 @@ impl Manager {
                 applied: None,
                 inbound: Inbound::default(),
                 error: None,
+                forwarder: None,
                 generation: 0,
                 removed: false,
             }),
@@ -258,6 +266,8 @@ impl Manager {
                             nets.extend(state.current().map(policy::host_net));
                         }
                     }
+                    // Only DNS answers carry a wildcard's addresses.
+                    Destination::Wildcard(_) => {}
                 }
             }
             nets
@@ -273,7 +283,11 @@ impl Manager {
                     .any(|d| matches!(d, Destination::Domain(_))),
             ),
         };
-        let dns = if allow_has_name && self.config.dns.allow_sandbox_queries {
+        let intercept = self.intercepts(policy);
+        let dns = if intercept {
+            // Port 53 goes to the forwarder; the resolvers stay closed.
+            Prefixes::default()
+        } else if allow_has_name && self.config.dns.allow_sandbox_queries {
             Prefixes::merge(&self.sandbox_resolvers)
         } else {
             Prefixes::default()
@@ -293,7 +307,54 @@ impl Manager {
             ingress_port: inbound.port,
             ingress: Prefixes::merge(&inbound.allow_from),
             mark_bits: self.mark_bits,
+            intercept: intercept.then(|| Intercept {
+                port: self.config.dns.forwarder_port,
+                hold: Duration::from_millis(self.timing.max_ttl_ms + self.timing.grace_ms),
+            }),
         }
+    }
+
+    /// Whether the sandbox's DNS goes through a forwarder (its policy names
+    /// a domain or a wildcard).
+    fn intercepts(&self, policy: Option<&ValidPolicy>) -> bool {
+        self.config.dns.forward && policy.is_some_and(ValidPolicy::names_any_domain)
+    }
+
+    /// Makes sure a forwarder for `policy` serves the sandbox at `netns`
+    /// before rules redirect its DNS there. Returns the one started here,
+    /// if one was, so the caller installs it only once the rules are in.
+    async fn forwarder_for(
+        &self,
+        id: &str,
+        sb: &Sandbox,
+        netns: &Path,
+        same_netns: bool,
+        policy: Option<&ValidPolicy>,
+    ) -> Result<Option<Forwarder>, ApiError> {
+        let Some(policy) = policy.filter(|_| self.intercepts(policy)) else {
+            return Ok(None);
+        };
+        if sb.forwarder.is_some() && same_netns {
+            return Ok(None);
+        }
+        let budget = self.config.lookup_timeout().min(FORWARD_BUDGET);
+        Forwarder::start(
+            id,
+            netns,
+            self.config.dns.forwarder_port,
+            NameRules::from_policy(policy),
+            Upstreams::new(forwarder::upstream_addrs(self.resolver.upstreams()), budget),
+            self.timing,
+            self.metrics.dns.clone(),
+        )
+        .await
+        .map(Some)
+        .map_err(|e| {
+            ApiError::new(
+                ErrorCode::Internal,
+                format!("sandbox {id}: DNS forwarder: {e}"),
+            )
+        })
     }
 }
 
@@ -313,6 +374,10 @@ impl Manager {
         }
     }
 }
+
+/// The most a forwarded question may take before the sandbox gets
+/// SERVFAIL: well inside a stub resolver's own timeout (glibc: 5 s).
+const FORWARD_BUDGET: Duration = Duration::from_millis(1500);
 
 /// Whether two paths name the same namespace (same device and inode).
 fn same_file(a: &Path, b: &Path) -> bool {

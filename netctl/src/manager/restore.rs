@@ -135,6 +135,16 @@ impl Manager {
                     &inbound,
                 );
                 sb.inbound = inbound;
+                // DNS is answered again as soon as the daemon is back.
+                match self
+                    .forwarder_for(&saved.id, &sb, &path, false, policy.as_ref())
+                    .await
+                {
+                    Ok(forwarder) => sb.forwarder = forwarder,
+                    Err(e) => {
+                        warn!(sandbox = %saved.id, error = %e.message, "DNS forwarder not started")
+                    }
+                }
                 let started = Instant::now();
                 let r = apply::apply(&self.tools, &path, None, &desired).await;
                 self.metrics.record_apply(r.is_ok(), started.elapsed());

@@ -73,6 +73,11 @@ impl Manager {
                     error: s.error.clone(),
                 })
                 .collect(),
+            answers: sb
+                .forwarder
+                .as_ref()
+                .map(|f| f.recent())
+                .unwrap_or_default(),
             counters,
         }
     }
@@ -99,6 +104,7 @@ impl Manager {
                 accepted_fast: counters.map(|c| c.accepted_fast),
                 refused: counters.map(|c| c.refused),
                 inbound_refused: counters.map(|c| c.inbound_refused),
+                answer_elements: sb.forwarder.as_ref().map(|f| f.live_elements()),
             });
         }
         out

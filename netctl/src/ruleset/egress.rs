@@ -4,6 +4,7 @@
 use nftables::expr::{Expression, MetaKey};
 use nftables::stmt::Statement;
 
+use super::answers;
 use super::generation::{self, Generation};
 use super::sets::{daddr_in, SetKind, Slots};
 use super::{Desired, CHAIN_REFUSE, COUNTER_ACCEPTED};
@@ -75,8 +76,16 @@ pub(super) fn policy_rules(
             eq(ct("direction"), Expression::String("reply".into())),
             accept(),
         ],
-        generation::fast_path(bits, generation),
     ];
+    let fast = generation::fast_path(bits, generation);
+    if let Some(intercept) = &desired.intercept {
+        rules.push(answers::redirected(intercept));
+        rules.push(answers::refuse_dot());
+        for v6 in [false, true] {
+            rules.push(answers::fast_path_refresh(&fast, v6, intercept.hold));
+        }
+    }
+    rules.push(fast);
     for v6 in [false, true] {
         rules.push(vec![
             daddr_in(SetKind::Always, v6, slots),
@@ -94,6 +103,13 @@ pub(super) fn policy_rules(
                     accept(),
                 ]);
             }
+        }
+    }
+    if let Some(intercept) = &desired.intercept {
+        for v6 in [false, true] {
+            let mut rule = answers::answered(v6, intercept.hold).to_vec();
+            rule.extend([count(COUNTER_ACCEPTED), judged(), accept()]);
+            rules.push(rule);
         }
     }
     for v6 in [false, true] {

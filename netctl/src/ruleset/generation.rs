@@ -166,6 +166,7 @@ pub fn unknown(bits: MarkBits, stale: Option<u32>) -> Next {
 pub fn tightens(old: &Desired, new: &Desired) -> bool {
     old.iface != new.iface
         || old.mark_bits != new.mark_bits
+        || old.intercept != new.intercept
         || (old.allow_internet_access && !new.allow_internet_access)
         || !covers(&old.always, &new.always)
         || !covers(&new.allow, &old.allow)

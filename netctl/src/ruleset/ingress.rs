@@ -77,6 +77,9 @@ pub(super) fn inbound_rules(desired: &Desired, slots: Slots) -> Vec<Vec<Statemen
             accept(),
         ]);
     }
+    if let Some(intercept) = &desired.intercept {
+        rules.push(super::answers::redirected(intercept));
+    }
     rules.push(vec![goto(CHAIN_REFUSE_IN)]);
     rules
 }

@@ -37,6 +37,7 @@
 //! connections opened earlier. Replies on connections opened *toward* the
 //! sandbox never go through the sets.
 
+pub mod answers;
 mod egress;
 mod generation;
 mod ingress;
@@ -104,6 +105,8 @@ pub struct Desired {
     /// The ct mark bits that record under which generation a connection
     /// was judged.
     pub mark_bits: MarkBits,
+    /// Where the sandbox's DNS is answered, when its policy names a domain.
+    pub intercept: Option<answers::Intercept>,
 }
 
 impl Desired {
@@ -168,6 +171,8 @@ pub struct InForce {
     pub slots: Slots,
     /// The mask and the mark value their fast path accepts, if they have one.
     pub mark: Option<(u32, u32)>,
+    /// Whether the answer sets (`allow_dns4/6`) are there.
+    pub answer_sets: bool,
 }
 
 /// Reads [`InForce`] from a JSON listing of our rules (see [`list_rules`]).
@@ -175,9 +180,15 @@ pub fn in_force(listing: &str) -> Result<InForce, String> {
     let slots = referenced(listing)?;
     let value: serde_json::Value =
         serde_json::from_str(listing).map_err(|e| format!("nft listing: {e}"))?;
+    let answer_sets = value["nftables"].as_array().is_some_and(|items| {
+        items
+            .iter()
+            .any(|i| i["set"]["name"].as_str() == Some(answers::SET_V4))
+    });
     Ok(InForce {
         slots,
         mark: generation::listed(&value),
+        answer_sets,
     })
 }
 
@@ -190,11 +201,13 @@ pub fn in_force(listing: &str) -> Result<InForce, String> {
 pub fn update(old: &Applied, new: &Desired) -> Change {
     let same = &old.desired == new;
     let next = generation::following(old.generation, &old.desired, new);
+    let answer_sets = old.desired.intercept.is_some();
     change(
         old.slots,
         Spares::Absent,
         new,
         next,
+        answer_sets,
         |kind: SetKind, v6: bool| {
             let (before, after) = (old.desired.set(kind), new.set(kind));
             same || if v6 {
@@ -211,7 +224,14 @@ pub fn update(old: &Applied, new: &Desired) -> Change {
 /// under a generation after the one in force (both read from there).
 pub fn rebuild(in_force: InForce, new: &Desired) -> Change {
     let next = generation::from_listing(new.mark_bits, in_force.mark);
-    change(in_force.slots, Spares::Unknown, new, next, |_, _| true)
+    change(
+        in_force.slots,
+        Spares::Unknown,
+        new,
+        next,
+        in_force.answer_sets,
+        |_, _| true,
+    )
 }
 
 /// What may be in the copies a stage fills.
@@ -230,6 +250,7 @@ fn change(
     spares: Spares,
     desired: &Desired,
     next: generation::Next,
+    answer_sets: bool,
     restage: impl Fn(SetKind, bool) -> bool,
 ) -> Change {
     let mut slots = current;
@@ -259,7 +280,7 @@ fn change(
     }
     Change {
         stage: staged.then(|| stage.to_nftables()),
-        switch: switch(desired, slots, next.generation),
+        switch: switch(desired, slots, next.generation, answer_sets),
         slots,
         generation: next.generation,
         sweep: next.sweep,
@@ -270,7 +291,12 @@ fn change(
 /// they exist, so they keep counting). Sets are not declared here: if one
 /// the rules need is missing the transaction fails whole instead of
 /// matching against an empty set.
-fn switch(desired: &Desired, slots: Slots, generation: Generation) -> Nftables<'static> {
+fn switch(
+    desired: &Desired,
+    slots: Slots,
+    generation: Generation,
+    answer_sets: bool,
+) -> Nftables<'static> {
     let mut batch = Batch::new();
     batch.add(NfListObject::Table(nft_schema::table(TABLE)));
     for name in [
@@ -294,6 +320,33 @@ fn switch(desired: &Desired, slots: Slots, generation: Generation) -> Nftables<'
             PRIO_FILTER,
         )));
     }
+    // Declared always (and emptied below when no domain is named): a NAT
+    // chain is only consulted for a connection's first packet.
+    for (name, hook) in [
+        (answers::CHAIN_OUT, NfHook::Output),
+        (answers::CHAIN_IN, NfHook::Prerouting),
+    ] {
+        batch.add(NfListObject::Chain(nft_schema::base_chain(
+            TABLE,
+            name,
+            hook,
+            NfChainType::NAT,
+            answers::PRIO,
+        )));
+    }
+    // The answer sets keep their elements across applies and restarts,
+    // so they are made only when missing and never re-declared: nft marks
+    // a set that rules update from the packet path (the kernel then
+    // refuses the same declaration without that mark, and nft 1.0's JSON
+    // cannot write it). Without domains they go.
+    for v6 in [false, true] {
+        let decl = answers::set_decl(v6);
+        match (desired.intercept.is_some(), answer_sets) {
+            (true, false) => batch.add(NfListObject::Set(Box::new(decl))),
+            (false, true) => batch.delete(NfListObject::Set(Box::new(decl))),
+            _ => {}
+        }
+    }
     for name in [CHAIN_POLICY, CHAIN_REFUSE, CHAIN_INBOUND, CHAIN_REFUSE_IN] {
         batch.add(NfListObject::Chain(nft_schema::chain(TABLE, name)));
     }
@@ -305,10 +358,21 @@ fn switch(desired: &Desired, slots: Slots, generation: Generation) -> Nftables<'
         CHAIN_REFUSE,
         CHAIN_INBOUND,
         CHAIN_REFUSE_IN,
+        answers::CHAIN_OUT,
+        answers::CHAIN_IN,
     ] {
         batch.add_cmd(NfCmd::Flush(FlushObject::Chain(nft_schema::chain(
             TABLE, name,
         ))));
+    }
+    if let Some(intercept) = &desired.intercept {
+        let (out, inbound) = answers::redirect_rules(intercept, desired.iface.as_deref());
+        for r in out {
+            batch.add(nft_schema::rule(TABLE, answers::CHAIN_OUT, r));
+        }
+        for r in inbound {
+            batch.add(nft_schema::rule(TABLE, answers::CHAIN_IN, r));
+        }
     }
     batch.add(nft_schema::rule(
         TABLE,

@@ -1,0 +1,409 @@
+//! Domains enforced through the sandbox's own DNS (SPEC 4): netctl's
+//! forwarder answers every port-53 query the sandbox sends, puts an allowed
+//! answer's addresses into the sandbox's sets before releasing it, answers
+//! NXDOMAIN for denied names, and refuses DNS over TLS. Real dnsmasq, real
+//! TCP, real nftables.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
+use sbx_tests::netctl_support::*;
+use sbx_tests::netns::require_netns;
+
+/// Any address: the sandbox's port-53 traffic goes to netctl whatever the
+/// destination. This one is the "internet" namespace's own resolver.
+const RESOLVER: &str = "198.51.100.53:53";
+/// An address no resolver listens on: still answered (redirected).
+const NOWHERE: &str = "203.0.113.99:53";
+
+/// An answer as a client sees it.
+#[derive(Debug)]
+struct Answer {
+    code: ResponseCode,
+    addrs: Vec<IpAddr>,
+    took: Duration,
+}
+
+fn query_message(name: &str, kind: RecordType) -> Vec<u8> {
+    let mut m = Message::new(rand_id(), MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(Name::from_str(name).expect("name"), kind));
+    m.to_vec().expect("encode")
+}
+
+fn rand_id() -> u16 {
+    (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(7, |d| d.subsec_nanos())
+        & 0xffff) as u16
+}
+
+fn parse(bytes: &[u8], took: Duration) -> Answer {
+    let m = Message::from_vec(bytes).expect("a DNS answer");
+    let addrs = m
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+            _ => None,
+        })
+        .collect();
+    Answer {
+        code: m.metadata.response_code,
+        addrs,
+        took,
+    }
+}
+
+/// Asks over UDP from inside the sandbox.
+fn ask(w: &World, server: &str, name: &str, kind: RecordType) -> Answer {
+    let server: SocketAddr = server.parse().expect("server");
+    let query = query_message(name, kind);
+    w.probe.run(move || {
+        let started = Instant::now();
+        let sock = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        sock.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        sock.send_to(&query, server).expect("send");
+        let mut buf = vec![0u8; 65_535];
+        let n = sock.recv(&mut buf).expect("an answer within 5 s");
+        parse(&buf[..n], started.elapsed())
+    })
+}
+
+/// Asks over TCP from inside the sandbox.
+fn ask_tcp(w: &World, server: &str, name: &str, kind: RecordType) -> Answer {
+    let server: SocketAddr = server.parse().expect("server");
+    let query = query_message(name, kind);
+    w.probe.run(move || {
+        let started = Instant::now();
+        let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(3)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut framed = (query.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&query);
+        s.write_all(&framed).expect("send");
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).expect("length");
+        let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        s.read_exact(&mut buf).expect("answer");
+        parse(&buf, started.elapsed())
+    })
+}
+
+fn world_with_dns_args(args: &[String]) -> World {
+    World::with(WorldOptions {
+        dns_args: args.to_vec(),
+        ..WorldOptions::default()
+    })
+}
+
+fn addr_of(a: &Answer) -> String {
+    a.addrs
+        .first()
+        .map(ToString::to_string)
+        .expect("an address")
+}
+
+#[test]
+fn an_answer_for_an_allowed_name_opens_exactly_its_addresses() {
+    if !require_netns() {
+        return;
+    }
+    let w = World::new();
+    w.dns
+        .set_records(&[(V4_A, "app.cdn.test"), (V4_B, "other.test")]);
+    // A wildcard: nothing is resolved in advance, only answers open the way.
+    w.put_ok(
+        "sb",
+        r#"{"allow_internet_access": false, "allow_out": ["*.cdn.test"]}"#,
+    );
+    w.assert_refused(V4_A);
+    // The sandbox asks an address of its own choosing; netctl answers.
+    let a = ask(&w, NOWHERE, "app.cdn.test", RecordType::A);
+    assert_eq!(a.code, ResponseCode::NoError, "{a:?}");
+    assert_eq!(addr_of(&a), V4_A);
+    w.assert_reachable(V4_A);
+    // What another resolver would have said for the same name stays shut.
+    w.assert_refused(V4_B);
+    // Not under the wildcard: NXDOMAIN, and the apex is not covered.
+    assert_eq!(
+        ask(&w, RESOLVER, "other.test", RecordType::A).code,
+        ResponseCode::NXDomain
+    );
+    assert_eq!(
+        ask(&w, RESOLVER, "cdn.test", RecordType::A).code,
+        ResponseCode::NXDomain
+    );
+    // `show` lists what the sandbox resolved.
+    let view = w.api().call("GET", "/v1/sandboxes/sb", None).json();
+    let answers = view["answers"].to_string();
+    assert!(
+        answers.contains("app.cdn.test") && answers.contains(V4_A),
+        "{view}"
+    );
+}
+
+#[test]
+fn denied_names_get_nxdomain_and_fail_at_once() {
+    if !require_netns() {
+        return;
+    }
+    let w = world_with_dns_args(&["--cname=alias.test,tracker.bad.test".to_owned()]);
+    w.dns.set_records(&[
+        (V4_C, "denied.test"),
+        (V4_D, "tracker.bad.test"),
+        (V4_A, "fine.test"),
+    ]);
+    w.put_ok(
+        "sb",
+        r#"{"allow_out": [], "deny_out": ["denied.test", "*.bad.test"]}"#,
+    );
+    let a = ask(&w, RESOLVER, "denied.test", RecordType::A);
+    assert_eq!(a.code, ResponseCode::NXDomain, "{a:?}");
+    assert!(a.took < Duration::from_millis(100), "{a:?}");
+    assert_eq!(
+        ask(&w, RESOLVER, "tracker.bad.test", RecordType::AAAA).code,
+        ResponseCode::NXDomain
+    );
+    // A name that is fine itself but whose CNAME chain ends in a denied one.
+    assert_eq!(
+        ask(&w, RESOLVER, "alias.test", RecordType::A).code,
+        ResponseCode::NXDomain
+    );
+    // Everything else is answered (allow_internet_access is true).
+    let ok = ask(&w, RESOLVER, "fine.test", RecordType::A);
+    assert_eq!(addr_of(&ok), V4_A);
+    // The pre-resolved addresses stay refused for clients that hard-code them.
+    w.assert_refused(V4_C);
+}
+
+#[test]
+fn allowlist_mode_never_forwards_unlisted_names() {
+    if !require_netns() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("queries.log");
+    let w = world_with_dns_args(&[
+        "--log-queries".to_owned(),
+        format!("--log-facility={}", log.display()),
+    ]);
+    w.dns
+        .set_records(&[(V4_A, "allowed.test"), (V4_B, "secret-data.exfil.test")]);
+    w.put_ok(
+        "sb",
+        r#"{"allow_internet_access": false, "allow_out": ["allowed.test"]}"#,
+    );
+    let a = ask(&w, RESOLVER, "secret-data.exfil.test", RecordType::A);
+    assert_eq!(a.code, ResponseCode::NXDomain, "{a:?}");
+    let a = ask(&w, RESOLVER, "allowed.test", RecordType::A);
+    assert_eq!(addr_of(&a), V4_A);
+    w.assert_reachable(V4_A);
+    std::thread::sleep(Duration::from_millis(200));
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        logged.contains("allowed.test"),
+        "the allowed name was asked upstream: {logged}"
+    );
+    assert!(
+        !logged.contains("exfil"),
+        "an unlisted name reached the upstream resolver: {logged}"
+    );
+}
+
+#[test]
+fn tcp_large_answers_and_dot() {
+    if !require_netns() {
+        return;
+    }
+    let w = World::new();
+    // 60 addresses for one name: more than 512 bytes, so UDP truncates.
+    let many: Vec<String> = (1..=60).map(|i| format!("198.18.0.{i}")).collect();
+    let mut records: Vec<(&str, &str)> = many.iter().map(|a| (a.as_str(), "many.test")).collect();
+    records.push((V4_A, "app.test"));
+    w.dns.set_records(&records);
+    w.put_ok(
+        "sb",
+        r#"{"allow_internet_access": false, "allow_out": ["app.test", "many.test"]}"#,
+    );
+    let a = ask_tcp(&w, RESOLVER, "app.test", RecordType::A);
+    assert_eq!(addr_of(&a), V4_A, "DNS over TCP");
+    let a = ask_tcp(&w, RESOLVER, "many.test", RecordType::A);
+    assert_eq!(a.addrs.len(), 60, "{a:?}");
+    // Over UDP the client sees a truncated answer or the whole one; either
+    // way every address it can get is already allowed.
+    let view = w.api().call("GET", "/v1/sandboxes/sb", None).json();
+    assert_eq!(
+        view["answers"]
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["name"] == "many.test"))
+            .and_then(|r| r["addresses"].as_array())
+            .map(Vec::len),
+        Some(60),
+        "{view}"
+    );
+    // DNS over TLS would bypass all this: refused at once.
+    let dot: SocketAddr = format!("{V4_A}:853").parse().expect("addr");
+    let (outcome, took) = w.probe.run(move || probe_tcp(dot, Duration::from_secs(2)));
+    assert!(matches!(outcome, Outcome::Refused(_)), "{outcome:?}");
+    assert!(took < Duration::from_millis(200), "{took:?}");
+}
+
+#[test]
+fn every_answer_is_in_force_before_the_client_sees_it() {
+    if !require_netns() {
+        return;
+    }
+    let w = World::new();
+    w.put_ok(
+        "sb",
+        r#"{"allow_internet_access": false, "allow_out": ["*.rotate.test"]}"#,
+    );
+    // Rotating answers: the name moves between addresses; every address
+    // the sandbox is told works at once, and the connection made under an
+    // earlier answer keeps working after that answer changed.
+    let targets = [V4_A, V4_B, V4_C, V4_D];
+    let mut first: Option<TcpStream> = None;
+    for (round, target) in targets.iter().cycle().take(12).enumerate() {
+        w.dns.set_records(&[(target, "svc.rotate.test")]);
+        let a = wait_for_answer(&w, "svc.rotate.test", target);
+        let ip = addr_of(&a);
+        let addr: SocketAddr = format!("{ip}:{PORT}").parse().expect("addr");
+        let conn = w
+            .probe
+            .run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(1)));
+        let conn = conn
+            .unwrap_or_else(|e| panic!("round {round}: {ip} refused right after the answer: {e}"));
+        if first.is_none() {
+            first = Some(conn);
+        }
+    }
+    let mut first = first.expect("a connection");
+    first.write_all(b"x").expect("old connection writes");
+    let mut b = [0u8; 1];
+    first
+        .read_exact(&mut b)
+        .expect("old connection still answers");
+
+    // 1,000 rounds of query-then-connect-at-once, each name on an address
+    // of its own (the internet namespace answers on all of 198.18.0.0/22),
+    // so every round waits for its own set write.
+    w.internet
+        .ip(&["route", "add", "local", "198.18.0.0/22", "dev", "lo"]);
+    let names: Vec<String> = (0..1000).map(|i| format!("n{i}.rotate.test")).collect();
+    let addrs: Vec<String> = (0..1000)
+        .map(|i| format!("198.18.{}.{}", i / 250, i % 250 + 1))
+        .collect();
+    let records: Vec<(&str, &str)> = addrs
+        .iter()
+        .zip(&names)
+        .map(|(a, n)| (a.as_str(), n.as_str()))
+        .collect();
+    w.dns.set_records(&records);
+    std::thread::sleep(Duration::from_millis(300));
+    let query_names = names.clone();
+    let failures = w.probe.run(move || {
+        let mut failures = Vec::new();
+        let sock = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        sock.set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        let server: SocketAddr = RESOLVER.parse().expect("server");
+        let mut buf = vec![0u8; 4096];
+        for name in &query_names {
+            let q = query_message(name, RecordType::A);
+            sock.send_to(&q, server).expect("send");
+            let n = match sock.recv(&mut buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    failures.push(format!("{name}: no answer: {e}"));
+                    continue;
+                }
+            };
+            let a = parse(&buf[..n], Duration::ZERO);
+            let Some(ip) = a.addrs.first() else {
+                failures.push(format!("{name}: {:?}", a.code));
+                continue;
+            };
+            let addr = SocketAddr::new(*ip, PORT);
+            if let Err(e) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+                failures.push(format!("{name} -> {ip}: {e}"));
+            }
+        }
+        failures
+    });
+    assert!(
+        failures.is_empty(),
+        "{} failures: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+    // Nothing was open before its answer: an address no one asked for is refused.
+    w.assert_refused("198.18.3.251");
+    let metrics = w.api().call("GET", "/metrics", None).body;
+    assert!(
+        metrics.contains("netctl_dns_hold_seconds_bucket"),
+        "{metrics}"
+    );
+}
+
+fn wait_for_answer(w: &World, name: &str, want: &str) -> Answer {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let a = ask(w, RESOLVER, name, RecordType::A);
+        if a.addrs.first().map(ToString::to_string).as_deref() == Some(want) {
+            return a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} never became {want}: {a:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_dead_upstream_is_servfail_and_a_restart_keeps_everything() {
+    if !require_netns() {
+        return;
+    }
+    let mut w = World::new();
+    w.dns.set_records(&[(V4_A, "app.test")]);
+    w.put_ok(
+        "sb",
+        r#"{"allow_internet_access": false, "allow_out": ["*.app.test", "app.test"]}"#,
+    );
+    let a = ask(&w, RESOLVER, "app.test", RecordType::A);
+    assert_eq!(addr_of(&a), V4_A);
+    let addr: SocketAddr = format!("{V4_A}:{PORT}").parse().expect("addr");
+    let mut conn = w
+        .probe
+        .run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(1)))
+        .expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+
+    // netctl killed and restarted: the sets, the rules and the open
+    // connection survive; DNS is answered again once the daemon is back.
+    if let Some(d) = w.daemon.as_ref() {
+        d.child.signal(libc::SIGKILL);
+    }
+    w.start_daemon();
+    conn.write_all(b"y").expect("write after restart");
+    let mut b = [0u8; 1];
+    conn.read_exact(&mut b)
+        .expect("the connection survived the restart");
+    let a = ask(&w, RESOLVER, "app.test", RecordType::A);
+    assert_eq!(addr_of(&a), V4_A, "answered again after the restart");
+
+    // The upstream resolver killed: SERVFAIL within 2 s, not a hang.
+    w.dns.stop();
+    let a = ask(&w, RESOLVER, "x.app.test", RecordType::A);
+    assert_eq!(a.code, ResponseCode::ServFail, "{a:?}");
+    assert!(a.took < Duration::from_secs(2), "{a:?}");
+}

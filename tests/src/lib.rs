@@ -3,6 +3,8 @@
 
 pub mod agent;
 pub mod bins;
+pub mod egress_gen;
+pub mod egress_reference;
 pub mod netctl_support;
 pub mod netns;
 pub mod process;

@@ -278,6 +278,10 @@ impl Gen {
     /// and its own addresses.
     pub fn answered(&self, dest: IpAddr) -> bool {
         let dest = as_ipv4_if_mapped(dest);
+        // The loopback's broadcast address: TCP cannot connect to it.
+        if dest == IpAddr::V4(Ipv4Addr::new(127, 255, 255, 255)) {
+            return false;
+        }
         if dest.is_loopback() || self.own.contains(&dest) {
             return true;
         }

@@ -11,3 +11,4 @@ pub mod process;
 pub mod proxy_support;
 pub mod servers;
 pub mod setup_support;
+pub mod soak;

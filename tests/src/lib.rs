@@ -3,9 +3,12 @@
 
 pub mod agent;
 pub mod bins;
+pub mod egress_gen;
+pub mod egress_reference;
 pub mod netctl_support;
 pub mod netns;
 pub mod process;
 pub mod proxy_support;
 pub mod servers;
 pub mod setup_support;
+pub mod soak;

@@ -96,7 +96,12 @@ impl Process {
         let inner = self.lock();
         let stdin_writable =
             inner.exit.is_none() && self.stdin.try_lock().map(|s| s.is_some()).unwrap_or(true);
-        let (status, exit_code, signal, ended_at) = match inner.exit {
+        // The exit is shown only once the output is captured (or the drain
+        // gave up): a client that waits for the exit and then reads stdout
+        // must get all of it. Between the reap and the end of the drain the
+        // process still shows as running, for at most DRAIN_GRACE.
+        let shown_exit = inner.exit.filter(|_| inner.done);
+        let (status, exit_code, signal, ended_at) = match shown_exit {
             None => (ProcessStatus::Running, None, None, None),
             Some(e) if e.signal.is_some() => {
                 (ProcessStatus::Signaled, None, e.signal, Some(e.ended_at))

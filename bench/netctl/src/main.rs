@@ -16,6 +16,7 @@
 //!
 //! Needs root (namespaces); everything it makes is removed when it ends.
 
+mod dns;
 mod rig;
 mod setup;
 
@@ -57,6 +58,12 @@ struct Cli {
     /// Sandbox networks created (then deleted) in a row.
     #[arg(long, default_value_t = 100)]
     setups: usize,
+    /// Only the DNS forwarder figures.
+    #[arg(long, conflicts_with_all = ["throughput_only", "setup_only"])]
+    dns_only: bool,
+    /// Sandboxes with domain rules for the many-sandboxes DNS figure.
+    #[arg(long, default_value_t = 1000)]
+    dns_sandboxes: usize,
 }
 
 const SINK: &str = "192.0.2.1";
@@ -96,6 +103,9 @@ fn run(cli: &Cli) -> Result<()> {
     if cli.setup_only {
         return setup::setup_figures(&netctl, &dir.join("setup"), cli.setups);
     }
+    if cli.dns_only {
+        return dns::dns_figures(&netctl, &dir.join("dns"), cli.dns_sandboxes);
+    }
 
     let sandbox = Netns::new("nbs")?;
     let internet = Netns::new("nbi")?;
@@ -112,6 +122,7 @@ fn run(cli: &Cli) -> Result<()> {
     if !cli.throughput_only {
         reconcile_figures(cli, &netctl, &dir)?;
         setup::setup_figures(&netctl, &dir.join("setup"), cli.setups)?;
+        dns::dns_figures(&netctl, &dir.join("dns"), cli.dns_sandboxes)?;
     }
     Ok(())
 }
@@ -123,13 +134,13 @@ impl Drop for RemoveDir {
     }
 }
 
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+pub(crate) fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples.sort();
     let idx = ((samples.len() as f64 - 1.0) * p).round() as usize;
     samples[idx.min(samples.len() - 1)]
 }
 
-fn ms(d: Duration) -> String {
+pub(crate) fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 

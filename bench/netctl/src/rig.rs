@@ -166,6 +166,10 @@ impl Daemon {
         Ok((daemon, started.elapsed()))
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// One HTTP/1.1 request; returns status and body.
     pub fn call(&self, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
         let mut s = UnixStream::connect(&self.socket)?;

@@ -407,3 +407,93 @@ fn a_dead_upstream_is_servfail_and_a_restart_keeps_everything() {
     assert_eq!(a.code, ResponseCode::ServFail, "{a:?}");
     assert!(a.took < Duration::from_secs(2), "{a:?}");
 }
+
+#[test]
+fn a_connection_outlives_its_answers_ttl() {
+    if !require_netns() {
+        return;
+    }
+    // TTL 1 s, grace 3 s: the element would expire after 4 s, but traffic
+    // on the connection keeps it alive.
+    let w = World::new();
+    w.dns.set_records(&[(V4_A, "app.ttl.test")]);
+    w.put_ok(
+        "sb",
+        r#"{"allow_internet_access": false, "allow_out": ["*.ttl.test"]}"#,
+    );
+    // A wildcard: only the answer opens the address (nothing pre-resolved).
+    assert_eq!(
+        addr_of(&ask(&w, RESOLVER, "app.ttl.test", RecordType::A)),
+        V4_A
+    );
+    let addr: SocketAddr = format!("{V4_A}:{PORT}").parse().expect("addr");
+    let mut conn = w
+        .probe
+        .run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(1)))
+        .expect("connect right after the answer");
+    conn.set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    let mut b = [0u8; 1];
+    for _ in 0..6 {
+        conn.write_all(b"z").expect("write");
+        conn.read_exact(&mut b).expect("echo");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    // A tightening makes every connection be judged again: this one is
+    // still allowed because its element is still there.
+    w.put_ok(
+        "sb",
+        &format!(
+            r#"{{"allow_internet_access": false, "allow_out": ["*.ttl.test"], "deny_out": ["{V4_D}"]}}"#
+        ),
+    );
+    conn.write_all(b"z").expect("write after the tightening");
+    conn.read_exact(&mut b)
+        .expect("the connection outlived its answer's TTL and a new generation");
+}
+
+#[test]
+fn the_forwarder_comes_and_goes_with_the_policy_s_domains() {
+    if !require_netns() {
+        return;
+    }
+    let w = World::new();
+    w.dns
+        .set_records(&[(V4_A, "app.test"), (V4_B, "denied.test")]);
+    let with_names =
+        r#"{"allow_out": ["app.test"], "deny_out": ["denied.test", "203.0.113.0/24"]}"#;
+    w.put_ok("sb", with_names);
+    assert_eq!(
+        ask(&w, RESOLVER, "denied.test", RecordType::A).code,
+        ResponseCode::NXDomain
+    );
+    assert!(w.nft_table().unwrap_or_default().contains("allow_dns4"));
+    // No names any more: the sandbox asks its resolver directly again.
+    let r = w.api().call(
+        "PATCH",
+        "/v1/sandboxes/sb",
+        Some(r#"{"network": {"deny_out": ["203.0.113.0/24"]}}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let table = w.nft_table().unwrap_or_default();
+    assert!(
+        !table.contains("allow_dns4") && !table.contains("redirect to"),
+        "{table}"
+    );
+    assert_eq!(
+        addr_of(&ask(&w, RESOLVER, "denied.test", RecordType::A)),
+        V4_B
+    );
+    // And back.
+    let r = w.api().call(
+        "PATCH",
+        "/v1/sandboxes/sb",
+        Some(&format!(r#"{{"network": {with_names}}}"#)),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        ask(&w, RESOLVER, "denied.test", RecordType::A).code,
+        ResponseCode::NXDomain
+    );
+    assert_eq!(addr_of(&ask(&w, RESOLVER, "app.test", RecordType::A)), V4_A);
+}

@@ -339,12 +339,10 @@ fn switch(
     // a set that rules update from the packet path (the kernel then
     // refuses the same declaration without that mark, and nft 1.0's JSON
     // cannot write it). Without domains they go.
-    for v6 in [false, true] {
-        let decl = answers::set_decl(v6);
-        match (desired.intercept.is_some(), answer_sets) {
-            (true, false) => batch.add(NfListObject::Set(Box::new(decl))),
-            (false, true) => batch.delete(NfListObject::Set(Box::new(decl))),
-            _ => {}
+    // (Deleted at the end, once no rule names them.)
+    if desired.intercept.is_some() && !answer_sets {
+        for v6 in [false, true] {
+            batch.add(NfListObject::Set(Box::new(answers::set_decl(v6))));
         }
     }
     for name in [CHAIN_POLICY, CHAIN_REFUSE, CHAIN_INBOUND, CHAIN_REFUSE_IN] {
@@ -411,6 +409,11 @@ fn switch(
     }
     for r in refuse_rules(desired.refusal, COUNTER_INBOUND_REFUSED) {
         batch.add(nft_schema::rule(TABLE, CHAIN_REFUSE_IN, r));
+    }
+    if desired.intercept.is_none() && answer_sets {
+        for v6 in [false, true] {
+            batch.delete(NfListObject::Set(Box::new(answers::set_decl(v6))));
+        }
     }
     // The copies no rule points at any more (adding first makes the delete
     // succeed whether or not the copy is there).

@@ -251,7 +251,7 @@ grep 'sbx_proxy::access' "$WORK/proxy.log" | tail -3 | sed 's/^.*request /      
 bold "8. Egress policy, seen from a process in the sandbox (run through the agent)"
 sandbox_sh() { in_host "$BIN/sbx" exec "$AGENT" "${AUTH[@]}" -- bash -c "$1"; }
 info "the sandbox's DNS (port 53, whatever server it asks) is answered by netctl's forwarder:"
-OUT=$(sandbox_sh 'getent ahostsv4 allowed.demo | head -1' 2>&1) \
+OUT=$(sandbox_sh "getent ahostsv4 allowed.demo | awk 'NR==1{print \$1}'" 2>&1) \
   && ok "getent ahostsv4 allowed.demo → $OUT (the address is in the sandbox's allow set before the answer arrives)" \
   || fail "allowed.demo did not resolve: $OUT"
 OUT=$(sandbox_sh 'getent hosts denied.demo; echo "exit $?"' 2>&1)

@@ -58,6 +58,9 @@ struct Cli {
     /// Sandbox networks created (then deleted) in a row.
     #[arg(long, default_value_t = 100)]
     setups: usize,
+    /// Only the apply figures (and the tightening-to-cut time).
+    #[arg(long, conflicts_with_all = ["throughput_only", "setup_only", "dns_only"])]
+    apply_only: bool,
     /// Only the DNS forwarder figures.
     #[arg(long, conflicts_with_all = ["throughput_only", "setup_only"])]
     dns_only: bool,
@@ -114,6 +117,10 @@ fn run(cli: &Cli) -> Result<()> {
 
     if !cli.throughput_only {
         apply_figures(cli, &daemon, &sandbox)?;
+    }
+    if cli.apply_only {
+        start_sink(&internet)?;
+        return cut_figures(&daemon, &sandbox);
     }
     throughput_figures(cli, &daemon, &sandbox, &internet)?;
     cut_figures(&daemon, &sandbox)?;

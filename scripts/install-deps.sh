@@ -18,6 +18,7 @@ APT_PACKAGES=(
   psmisc
   ca-certificates
   util-linux        # nsenter: tests run netctl in a test host namespace
+  strace            # api_hardening sees the agent fsync an upload
   dpkg-dev          # .deb packages: dpkg-shlibdeps for Depends
   help2man          # .deb packages: man pages from --help
   lintian           # .deb packages: policy checks (scripts/check-debs.sh)

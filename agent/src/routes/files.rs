@@ -35,14 +35,14 @@ pub async fn read(ApiQuery(q): ApiQuery<PathQuery>) -> Result<Response, ApiError
     Ok(response)
 }
 
-#[utoipa::path(put, path = "/api/v1/files", tag = "files", params(("path" = String, Query, description = "Absolute path; `..` segments are refused")), request_body(content = Vec<u8>, content_type = "application/octet-stream"), responses((status = 204, description = "Written atomically (temporary file, then rename); parents created"), (status = 400, description = "BAD_REQUEST, IS_DIRECTORY, NOT_A_DIRECTORY", body = ErrorDoc), (status = 403, description = "PATH_TRAVERSAL", body = ErrorDoc)))]
+#[utoipa::path(put, path = "/api/v1/files", tag = "files", params(("path" = String, Query, description = "Absolute path; `..` segments are refused")), request_body(content = Vec<u8>, content_type = "application/octet-stream"), responses((status = 204, description = "Written atomically (temporary file, then rename) and on disk (file and directories fsynced) before the answer; parents created"), (status = 400, description = "BAD_REQUEST, IS_DIRECTORY, NOT_A_DIRECTORY", body = ErrorDoc), (status = 403, description = "PATH_TRAVERSAL", body = ErrorDoc)))]
 pub async fn write(
     ApiQuery(q): ApiQuery<PathQuery>,
     request: Request,
 ) -> Result<StatusCode, ApiError> {
     let path = files::checked_path(q.path.as_deref())?;
     let written = files::write_atomic(&path, request.into_body().into_data_stream()).await?;
-    tracing::debug!(path = %path.display(), written, "file written");
+    tracing::debug!(path = %path.display(), bytes = written.bytes, synced_dirs = written.synced_dirs.len(), "file written and synced");
     Ok(StatusCode::NO_CONTENT)
 }
 

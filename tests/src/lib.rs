@@ -7,5 +7,6 @@ pub mod netctl_support;
 pub mod netns;
 pub mod process;
 pub mod proxy_support;
+pub mod python;
 pub mod servers;
 pub mod setup_support;

@@ -116,7 +116,7 @@ pub async fn get(
     Ok(Json(lookup(&state, &pid)?.info()))
 }
 
-#[utoipa::path(delete, path = "/api/v1/processes/{pid}", tag = "processes", params(("pid" = u32, Path, description = "Process id")), responses((status = 204, description = "SIGKILL to the process group; a finished process is forgotten"), (status = 404, description = "NOT_FOUND", body = ErrorDoc)))]
+#[utoipa::path(delete, path = "/api/v1/processes/{pid}", tag = "processes", params(("pid" = u32, Path, description = "Process id")), responses((status = 204, description = "A running process: SIGKILL to its group; it stays listed with its exit until it ages out. A finished one is forgotten"), (status = 404, description = "NOT_FOUND", body = ErrorDoc)))]
 pub async fn kill(
     State(state): State<AppState>,
     Path(pid): Path<String>,
@@ -239,7 +239,7 @@ pub async fn follow_output(
 }
 
 /// `POST /processes/run`: `started`, the output, then `exit`.
-#[utoipa::path(post, path = "/api/v1/processes/run", tag = "processes", request_body = CreateProcessDoc, responses((status = 200, description = "SSE: `started` (RunStarted), `output` (OutputEvent)..., `exit` (RunExit)", content_type = "text/event-stream"), (status = 400, description = "BAD_REQUEST", body = ErrorDoc), (status = 429, description = "TOO_MANY_PROCESSES", body = ErrorDoc)))]
+#[utoipa::path(post, path = "/api/v1/processes/run", tag = "processes", request_body = CreateProcessDoc, responses((status = 200, description = "SSE: `started` (RunStarted), `output` (OutputEvent)..., `exit` (RunExit)", content_type = "text/event-stream"), (status = 400, description = "BAD_REQUEST, NOT_A_DIRECTORY (working_dir)", body = ErrorDoc), (status = 403, description = "FORBIDDEN: cannot switch user", body = ErrorDoc), (status = 429, description = "TOO_MANY_PROCESSES", body = ErrorDoc), (status = 503, description = "UNAVAILABLE: cannot fork", body = ErrorDoc)))]
 pub async fn run(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateProcess>,

@@ -19,6 +19,7 @@ APT_PACKAGES=(
   psmisc
   ca-certificates
   util-linux        # nsenter: tests run netctl in a test host namespace
+  strace            # api_hardening sees the agent fsync an upload
   dpkg-dev          # .deb packages: dpkg-shlibdeps for Depends
   help2man          # .deb packages: man pages from --help
   lintian           # .deb packages: policy checks (scripts/check-debs.sh)
@@ -40,6 +41,21 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# PyPI tools the tests run, pinned, each in a virtualenv under target/ (a
+# test makes its own when it is missing, so `cargo test` works without this).
+install_venv() { # <name> <requirements file>
+  local venv="target/$1" req="$2"
+  cmp -s "$req" "$venv/.requirements" 2>/dev/null && return 0
+  echo "install-deps: $venv from $req"
+  if python3 -m venv "$venv" \
+    && "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"; then
+    cp "$req" "$venv/.requirements"
+  else
+    echo "install-deps: could not make $venv (no PyPI?); the tests that need it will say so" >&2
+  fi
+}
+(cd "$(dirname "${BASH_SOURCE[0]}")/.." && install_venv schemathesis-venv tests/py/schemathesis-requirements.txt)
 
 if ! command -v cargo >/dev/null 2>&1; then
   for dir in "$HOME/.cargo/bin" /root/.cargo/bin /usr/local/cargo/bin; do

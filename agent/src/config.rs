@@ -70,6 +70,10 @@ pub struct Cli {
     /// Most PTY sessions at once; more are refused with 429.
     #[arg(long, env = "SBX_AGENT_MAX_PTY_SESSIONS")]
     pub max_pty_sessions: Option<usize>,
+    /// Memory limit of each process started through the API, in bytes
+    /// (its own cgroup; beyond it the OOM killer ends it). Default: none.
+    #[arg(long, env = "SBX_AGENT_PROCESS_MEMORY_MAX_BYTES")]
+    pub process_memory_max_bytes: Option<u64>,
     /// Log format.
     #[arg(long, env = "SBX_AGENT_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -104,6 +108,7 @@ struct FileLimits {
     output_max_bytes: Option<usize>,
     max_pty_sessions: Option<usize>,
     pty_pending_bytes: Option<usize>,
+    process_memory_max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -149,6 +154,9 @@ pub struct Limits {
     pub max_pty_sessions: usize,
     /// PTY output kept while no client is attached and ready.
     pub pty_pending_bytes: usize,
+    /// Memory limit of each process's cgroup; None for no limit but the
+    /// VM's. A limit that cannot be enforced stops the agent at startup.
+    pub process_memory_max: Option<u64>,
 }
 
 impl Default for Limits {
@@ -161,6 +169,7 @@ impl Default for Limits {
             output_max_bytes: 8 * 1024 * 1024,
             max_pty_sessions: 64,
             pty_pending_bytes: 1024 * 1024,
+            process_memory_max: None,
         }
     }
 }
@@ -288,6 +297,9 @@ impl Config {
                 .limits
                 .pty_pending_bytes
                 .unwrap_or(defaults.pty_pending_bytes),
+            process_memory_max: cli
+                .process_memory_max_bytes
+                .or(file.limits.process_memory_max_bytes),
         };
         for (name, value) in [
             ("limits.max_processes", limits.max_processes as u128),
@@ -295,6 +307,10 @@ impl Config {
             ("limits.output_max_bytes", limits.output_max_bytes as u128),
             ("limits.max_pty_sessions", limits.max_pty_sessions as u128),
             ("limits.pty_pending_bytes", limits.pty_pending_bytes as u128),
+            (
+                "limits.process_memory_max_bytes",
+                limits.process_memory_max.map_or(1, u128::from),
+            ),
             ("limits.max_tunnels", max_tunnels as u128),
             ("limits.max_frame_size", max_frame_size as u128),
             ("limits.max_connections", max_connections as u128),
@@ -410,9 +426,10 @@ mod tests {
         assert!(toml::from_str::<FileConfig>("sandbox_idd = \"x\"").is_err());
         assert!(toml::from_str::<FileConfig>("[limits]\nmax_tunnel = 1").is_err());
         let limits: FileConfig = toml::from_str(
-            "[limits]\nmax_processes = 10\nmax_pty_sessions = 2\noutput_max_lines = 5\npty_pending_bytes = 100",
+            "[limits]\nmax_processes = 10\nmax_pty_sessions = 2\noutput_max_lines = 5\npty_pending_bytes = 100\nprocess_memory_max_bytes = 1048576",
         )
         .unwrap();
+        assert_eq!(limits.limits.process_memory_max_bytes, Some(1 << 20));
         assert_eq!(limits.limits.max_processes, Some(10));
         assert_eq!(limits.limits.max_pty_sessions, Some(2));
     }

@@ -24,6 +24,7 @@ use tokio::sync::watch;
 
 use crate::auth::Authenticator;
 use crate::config::{Cli, Config, LogFormat};
+use crate::process::cgroup::Cgroups;
 use crate::state::AppState;
 
 /// How long open tunnels get to close after SIGTERM.
@@ -72,14 +73,41 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// Per-process cgroups, so an OOM kill is recognised. Without them the agent
+/// still runs (`oom_killed` is then always false, as the log says), unless a
+/// memory limit was configured: that one cannot be silently ignored.
+fn process_cgroups(memory_max: Option<u64>) -> anyhow::Result<Option<Cgroups>> {
+    match Cgroups::setup(memory_max) {
+        Ok(cgroups) => {
+            tracing::info!(
+                flavor = ?cgroups.flavor(),
+                dir = %cgroups.dir().display(),
+                memory_max,
+                "one memory cgroup per process: OOM kills are recognised"
+            );
+            Ok(Some(cgroups))
+        }
+        Err(err) if memory_max.is_some() => Err(anyhow::Error::new(err)
+            .context("limits.process_memory_max_bytes is set but cannot be enforced")),
+        Err(err) => {
+            tracing::warn!(
+                error = %err,
+                "no per-process cgroups: oom_killed is always false"
+            );
+            Ok(None)
+        }
+    }
+}
+
 async fn run(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let listener = server::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr().context("listener address")?;
 
+    let cgroups = process_cgroups(config.limits.process_memory_max)?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let state = AppState::new(config.clone(), stop_rx.clone());
+    let state = AppState::new(config.clone(), cgroups, stop_rx.clone());
     let auth = Arc::new(Authenticator::new(
         config.forwarded_auth_key.clone(),
         config.sandbox_id.clone(),

@@ -6,6 +6,7 @@ use std::time::Instant;
 use tokio::sync::{watch, Semaphore};
 
 use crate::config::Config;
+use crate::process::cgroup::Cgroups;
 use crate::process::ProcessTable;
 use crate::pty::PtyTable;
 
@@ -24,10 +25,14 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: Arc<Config>, shutdown: watch::Receiver<bool>) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        cgroups: Option<Cgroups>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
         Self {
             tunnels: Arc::new(Semaphore::new(config.max_tunnels)),
-            processes: Arc::new(ProcessTable::new(config.limits.clone())),
+            processes: Arc::new(ProcessTable::new(config.limits.clone(), cgroups)),
             ptys: Arc::new(PtyTable::new(
                 config.limits.max_pty_sessions,
                 config.limits.pty_pending_bytes,

@@ -58,9 +58,17 @@ pub enum ProcessUser {
     Spec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         name: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "crate::integral::option"
+        )]
         uid: Option<u32>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "crate::integral::option"
+        )]
         gid: Option<u32>,
     },
 }
@@ -131,6 +139,7 @@ pub struct ProcessList {
 /// `POST /processes/{pid}/signal`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SignalRequest {
+    #[serde(deserialize_with = "crate::integral::int")]
     pub signal: i32,
 }
 
@@ -247,9 +256,9 @@ pub struct CreatePty {
     pub env: std::collections::BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
-    #[serde(default = "default_rows")]
+    #[serde(default = "default_rows", deserialize_with = "crate::integral::int")]
     pub rows: u16,
-    #[serde(default = "default_cols")]
+    #[serde(default = "default_cols", deserialize_with = "crate::integral::int")]
     pub cols: u16,
 }
 
@@ -263,7 +272,9 @@ pub struct PtyCreated {
 /// `POST /pty/{id}/resize`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PtyResize {
+    #[serde(deserialize_with = "crate::integral::int")]
     pub rows: u16,
+    #[serde(deserialize_with = "crate::integral::int")]
     pub cols: u16,
 }
 

@@ -51,6 +51,14 @@ impl Secrets {
         self.dir.path().join("token")
     }
 
+    /// Hands the key and token files to another user (still mode 0600), so
+    /// an agent running as that user can read them.
+    pub fn chown(&self, uid: u32, gid: u32) {
+        for file in [self.key_file(), self.token_file()] {
+            std::os::unix::fs::chown(&file, Some(uid), Some(gid)).expect("chown secret");
+        }
+    }
+
     /// A forwarded-auth token valid for `ttl_secs` (negative: already expired).
     pub fn forwarded_token(&self, sandbox_id: &str, ttl_secs: i64) -> String {
         let now = SystemTime::now()
@@ -81,14 +89,40 @@ impl Agent {
 
     /// Starts an agent, inside `netns` when given.
     pub fn start_with(netns: Option<&Netns>, listen: &str, extra: &[&str]) -> Self {
+        Self::launch(netns, &[], Secrets::new("sbx-test-1"), listen, extra)
+    }
+
+    /// Starts an agent as another user (`setpriv`, no supplementary
+    /// groups), inside `netns`: what it may touch is what that user may.
+    pub fn start_as(netns: &Netns, uid: u32, gid: u32, listen: &str, extra: &[&str]) -> Self {
         let secrets = Secrets::new("sbx-test-1");
+        secrets.chown(uid, gid);
+        let (reuid, regid) = (format!("--reuid={uid}"), format!("--regid={gid}"));
+        let wrapper = ["setpriv", &reuid, &regid, "--clear-groups", "--"];
+        Self::launch(Some(netns), &wrapper, secrets, listen, extra)
+    }
+
+    /// Runs `wrapper... sbx-agent` (inside `netns` when given) and waits
+    /// for its address.
+    fn launch(
+        netns: Option<&Netns>,
+        wrapper: &[&str],
+        secrets: Secrets,
+        listen: &str,
+        extra: &[&str],
+    ) -> Self {
         let agent = bin("sbx-agent");
         let agent = agent.to_str().expect("utf-8 path");
-        let mut cmd = match netns {
-            Some(ns) => ns.command(agent),
-            None => Command::new(agent),
+        let (program, rest): (&str, Vec<&str>) = match wrapper.split_first() {
+            Some((first, rest)) => (first, rest.iter().copied().chain([agent]).collect()),
+            None => (agent, Vec::new()),
         };
-        cmd.args(["--listen", listen, "--sandbox-id", &secrets.sandbox_id])
+        let mut cmd = match netns {
+            Some(ns) => ns.command(program),
+            None => Command::new(program),
+        };
+        cmd.args(rest)
+            .args(["--listen", listen, "--sandbox-id", &secrets.sandbox_id])
             .arg("--forwarded-auth-key-file")
             .arg(secrets.key_file())
             .arg("--bearer-token-file")

@@ -9,6 +9,7 @@ pub mod netctl_support;
 pub mod netns;
 pub mod process;
 pub mod proxy_support;
+pub mod python;
 pub mod servers;
 pub mod setup_support;
 pub mod soak;

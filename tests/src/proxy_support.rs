@@ -18,7 +18,6 @@
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -57,56 +56,10 @@ pub fn in_ci() -> bool {
 // ------------------------------------------------------------------ python
 
 /// The venv's python with the SDK, grpcio, websockets and h2; created on
-/// first use under a file lock (test binaries and tests run in parallel).
-/// None (skip) when it cannot be made, except under `CI=true` (panic).
+/// first use. None (skip) when it cannot be made, except under `CI=true`
+/// (panic).
 pub fn venv_python() -> Option<PathBuf> {
-    let venv = workspace_root().join("target").join("sdk-venv");
-    let python = venv.join("bin").join("python");
-    let marker = venv.join(
-        format!(".installed-proxy-{}", VENV_PACKAGES.join("+")).replace(['=', '<', '>', ' '], "_"),
-    );
-    if python.exists() && marker.exists() {
-        return Some(python);
-    }
-    let _ = std::fs::create_dir_all(workspace_root().join("target"));
-    let lock = std::fs::File::create(workspace_root().join("target/.sdk-venv.lock")).ok()?;
-    // SAFETY: flock on an fd we own; released when `lock` is closed.
-    unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
-    if python.exists() && marker.exists() {
-        return Some(python);
-    }
-    let fail = |why: String| -> Option<PathBuf> {
-        assert!(!in_ci(), "proxy tests need {}: {why}", venv.display());
-        eprintln!("skipping: {why}");
-        None
-    };
-    if !python.exists() {
-        match Command::new("python3")
-            .arg("-m")
-            .arg("venv")
-            .arg(&venv)
-            .status()
-        {
-            Ok(s) if s.success() => {}
-            other => return fail(format!("python3 -m venv: {other:?}")),
-        }
-    }
-    let status = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-        ])
-        .args(VENV_PACKAGES)
-        .status();
-    match status {
-        Ok(s) if s.success() => {}
-        other => return fail(format!("pip install {VENV_PACKAGES:?}: {other:?}")),
-    }
-    let _ = std::fs::write(&marker, b"");
-    Some(python)
+    crate::python::venv_python_with("sdk-venv", "proxy", VENV_PACKAGES)
 }
 
 /// `tests/py/<name>`.

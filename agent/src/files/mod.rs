@@ -1,5 +1,5 @@
-//! File access for `/files`: path checks, streamed reads, atomic streamed
-//! writes (temporary file, then rename), deletes and directory listings.
+//! File access for `/files`: path checks, streamed reads, atomic and
+//! durable streamed writes (`write`), deletes and directory listings.
 
 use std::io::ErrorKind;
 use std::path::{Component, Path, PathBuf};
@@ -9,6 +9,10 @@ use sbx_proto::api::{DirectoryEntry, DirectoryListing};
 use sbx_proto::ErrorCode;
 
 use crate::error::ApiError;
+
+mod write;
+
+pub use write::write_atomic;
 
 /// Largest directory listed; a bigger one is refused rather than answered
 /// with an unbounded body.
@@ -62,7 +66,7 @@ pub fn io_error(path: &Path, err: &std::io::Error) -> ApiError {
     ApiError::new(code, message)
 }
 
-fn is_directory(path: &Path) -> ApiError {
+pub(crate) fn is_directory(path: &Path) -> ApiError {
     ApiError::new(
         ErrorCode::IsDirectory,
         format!("{} is a directory", path.display()),
@@ -77,7 +81,7 @@ fn ms(time: std::io::Result<std::time::SystemTime>) -> Option<u64> {
 /// Bytes read from a file per chunk when downloading.
 const READ_CHUNK: usize = 1024 * 1024;
 /// Chunks queued between the file thread and the socket, each way.
-const QUEUE: usize = 8;
+pub(crate) const QUEUE: usize = 8;
 
 /// Opens a regular file for reading; returns its length and a stream of its
 /// bytes. A blocking thread reads ahead while the socket drains, a few
@@ -125,111 +129,6 @@ pub async fn open_for_read(
         rx.recv().await.map(|item| (item, rx))
     });
     Ok((meta.len(), stream))
-}
-
-/// Streams `chunks` into `path` through a temporary file in the same
-/// directory, renamed over `path` at the end, so a reader sees the old
-/// file or the new one, never half of one. Parents are created.
-pub async fn write_atomic<S, E>(path: &Path, mut chunks: S) -> Result<u64, ApiError>
-where
-    S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
-    E: std::fmt::Display,
-{
-    use futures_util::StreamExt as _;
-
-    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-        return Err(is_directory(path));
-    };
-    match tokio::fs::metadata(path).await {
-        Ok(meta) if meta.is_dir() => return Err(is_directory(path)),
-        _ => {}
-    }
-    tokio::fs::create_dir_all(parent).await.map_err(|e| {
-        if e.kind() == ErrorKind::AlreadyExists {
-            // A component of the parent path exists as a file.
-            ApiError::new(
-                ErrorCode::NotADirectory,
-                format!(
-                    "{}: a component of the path is not a directory",
-                    path.display()
-                ),
-            )
-        } else {
-            io_error(parent, &e)
-        }
-    })?;
-    let existing_mode = tokio::fs::metadata(path)
-        .await
-        .ok()
-        .map(|m| m.permissions());
-
-    let tmp = parent.join(format!(
-        ".{}.sbx-upload-{}",
-        name.to_string_lossy(),
-        hex::encode(rand::random::<[u8; 6]>())
-    ));
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(|e| io_error(parent, &e))?;
-    // A blocking thread writes while the socket is read: the two overlap,
-    // with a few chunks queued between them at most.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(QUEUE * 4);
-    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
-        use std::io::Write as _;
-        let mut file = file;
-        while let Some(chunk) = rx.blocking_recv() {
-            file.write_all(&chunk)?;
-        }
-        Ok(file)
-    });
-    let result: Result<u64, ApiError> = async {
-        let mut written = 0u64;
-        let mut body_error = None;
-        while let Some(chunk) = chunks.next().await {
-            match chunk {
-                Ok(chunk) => {
-                    written += chunk.len() as u64;
-                    // A closed queue means the writer failed; it says why below.
-                    if tx.send(chunk).await.is_err() {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    body_error = Some(ApiError::new(
-                        ErrorCode::BadRequest,
-                        format!("reading request body: {e}"),
-                    ));
-                    break;
-                }
-            }
-        }
-        drop(tx);
-        let file = writer
-            .await
-            .map_err(|e| ApiError::new(ErrorCode::Internal, format!("writer thread: {e}")))?
-            .map_err(|e| io_error(path, &e))?;
-        if let Some(err) = body_error {
-            return Err(err);
-        }
-        if let Some(perms) = existing_mode {
-            file.set_permissions(perms)
-                .map_err(|e| io_error(path, &e))?;
-        }
-        drop(file);
-        tokio::fs::rename(&tmp, path)
-            .await
-            .map_err(|e| io_error(path, &e))?;
-        Ok(written)
-    }
-    .await;
-    if result.is_err() {
-        if let Err(err) = tokio::fs::remove_file(&tmp).await {
-            tracing::warn!(tmp = %tmp.display(), error = %err, "cannot remove partial upload");
-        }
-    }
-    result
 }
 
 /// Deletes a file, or a directory when `recursive` (else 400 `IS_DIRECTORY`).

@@ -4,10 +4,15 @@
 //! Every process gets its own process group, so a signal or a kill reaches
 //! whatever it started too. A supervisor task per process waits for it (so
 //! no zombie is ever left), records how it ended, and releases its slot in
-//! the running-process limit.
+//! the running-process limit. Where the agent can make cgroups, each
+//! process also gets one, so that a kill by the OOM killer is recognised
+//! (`cgroup`).
 
+pub mod cgroup;
+mod child;
 pub mod output;
 pub mod spec;
+pub mod stdin;
 
 use std::collections::HashMap;
 use std::os::unix::process::ExitStatusExt as _;
@@ -28,6 +33,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Limits;
 use crate::error::ApiError;
+use cgroup::{Cgroups, ProcessCgroup};
 use output::{Filter, Line, LineSplitter, OutputBuffer};
 use spec::CommandSpec;
 
@@ -50,6 +56,8 @@ pub fn now_ms() -> u64 {
 pub struct Exit {
     pub code: Option<i32>,
     pub signal: Option<i32>,
+    /// The kernel's OOM killer killed the process or something it started.
+    pub oom_killed: bool,
     pub ended_at: u64,
     ended: Instant,
 }
@@ -101,6 +109,7 @@ impl Process {
         // must get all of it. Between the reap and the end of the drain the
         // process still shows as running, for at most DRAIN_GRACE.
         let shown_exit = inner.exit.filter(|_| inner.done);
+        let oom_killed = shown_exit.is_some_and(|e| e.oom_killed);
         let (status, exit_code, signal, ended_at) = match shown_exit {
             None => (ProcessStatus::Running, None, None, None),
             Some(e) if e.signal.is_some() => {
@@ -113,7 +122,7 @@ impl Process {
             status,
             exit_code,
             signal,
-            oom_killed: false,
+            oom_killed,
             stdin_writable,
             command: self.command.clone(),
             args: self.args.clone(),
@@ -153,6 +162,8 @@ impl Process {
         let exit = inner.exit?;
         let reason = if inner.timed_out {
             ExitReason::TimedOut
+        } else if exit.oom_killed {
+            ExitReason::OomKilled
         } else if exit.signal.is_some() {
             ExitReason::Signaled
         } else {
@@ -161,7 +172,7 @@ impl Process {
         Some(RunExit {
             exit_code: exit.code,
             signal: exit.signal,
-            oom_killed: false,
+            oom_killed: exit.oom_killed,
             reason,
         })
     }
@@ -199,49 +210,6 @@ impl Process {
         }
     }
 
-    /// Streams `body` into stdin. 400 `STDIN_NOT_WRITABLE` when stdin is not
-    /// a pipe, was closed, or the process no longer reads it.
-    pub async fn write_stdin(
-        &self,
-        mut chunks: impl futures_util::Stream<Item = Result<bytes::Bytes, axum::Error>> + Unpin,
-    ) -> Result<(), ApiError> {
-        use futures_util::StreamExt as _;
-        use tokio::io::AsyncWriteExt as _;
-        let not_writable = |why: &str| {
-            ApiError::new(
-                ErrorCode::StdinNotWritable,
-                format!("stdin of process {} is not writable: {why}", self.pid),
-            )
-        };
-        let mut guard = self.stdin.lock().await;
-        let stdin = guard.as_mut().ok_or_else(|| not_writable("it is closed"))?;
-        while let Some(chunk) = chunks.next().await {
-            let chunk = chunk.map_err(|e| {
-                ApiError::new(ErrorCode::BadRequest, format!("reading request body: {e}"))
-            })?;
-            if let Err(err) = stdin.write_all(&chunk).await {
-                *guard = None;
-                return Err(not_writable(&err.to_string()));
-            }
-        }
-        if let Err(err) = stdin.flush().await {
-            *guard = None;
-            return Err(not_writable(&err.to_string()));
-        }
-        Ok(())
-    }
-
-    pub async fn close_stdin(&self) -> Result<(), ApiError> {
-        let mut guard = self.stdin.lock().await;
-        if guard.take().is_none() {
-            return Err(ApiError::new(
-                ErrorCode::StdinNotWritable,
-                format!("stdin of process {} is not open", self.pid),
-            ));
-        }
-        Ok(())
-    }
-
     fn push_lines(&self, stream: StreamName, lines: Vec<String>) {
         if lines.is_empty() {
             return;
@@ -274,16 +242,19 @@ impl Process {
 /// The processes the agent knows about.
 pub struct ProcessTable {
     limits: Limits,
+    /// Where per-process cgroups are made; None where the agent cannot.
+    cgroups: Option<Arc<Cgroups>>,
     processes: Mutex<HashMap<u32, Arc<Process>>>,
     running: Arc<Semaphore>,
     started_total: AtomicU64,
 }
 
 impl ProcessTable {
-    pub fn new(limits: Limits) -> Self {
+    pub fn new(limits: Limits, cgroups: Option<Cgroups>) -> Self {
         Self {
             running: Arc::new(Semaphore::new(limits.max_processes)),
             limits,
+            cgroups: cgroups.map(Arc::new),
             processes: Mutex::new(HashMap::new()),
             started_total: AtomicU64::new(0),
         }
@@ -377,7 +348,11 @@ impl ProcessTable {
                 Stdio::null()
             }
         };
-        let mut cmd = spec.command();
+        let mut cgroup = self.process_cgroup();
+        let mut cmd = match cgroup.as_ref().and_then(ProcessCgroup::join_fd) {
+            Some(fd) => spec.command_joining(fd)?,
+            None => spec.command(),
+        };
         cmd.stdin(stdio(stdin_mode == StdinMode::Pipe))
             .stdout(stdio(stdout_mode == OutputMode::Capture))
             .stderr(stdio(stderr_mode == OutputMode::Capture))
@@ -386,6 +361,10 @@ impl ProcessTable {
         let mut child = cmd
             .spawn()
             .map_err(|err| spawn_error(&spec.command, &err))?;
+        // The child is in its cgroup: it exec'd.
+        if let Some(cgroup) = cgroup.as_mut() {
+            cgroup.joined();
+        }
         let Some(pid) = child.id() else {
             return Err(ApiError::new(
                 ErrorCode::Internal,
@@ -416,8 +395,22 @@ impl ProcessTable {
         // finished, so the new process replaces it.
         self.lock().insert(pid, process.clone());
         tracing::info!(pid, command = %spec.command, "process started");
-        tokio::spawn(supervise(process.clone(), child, permit));
+        let cgroup = cgroup.zip(self.cgroups.clone());
+        tokio::spawn(supervise(process.clone(), child, permit, cgroup));
         Ok(process)
+    }
+
+    /// A fresh cgroup for a process, or None (the process then runs in the
+    /// agent's cgroup and an OOM kill is not recognised; said in the log).
+    fn process_cgroup(&self) -> Option<ProcessCgroup> {
+        let cgroups = self.cgroups.as_ref()?;
+        match cgroups.create() {
+            Ok(cgroup) => Some(cgroup),
+            Err(err) => {
+                tracing::warn!(error = %err, "process started without a cgroup: an OOM kill will not be recognised");
+                None
+            }
+        }
     }
 }
 
@@ -432,7 +425,12 @@ fn spawn_error(command: &str, err: &std::io::Error) -> ApiError {
 }
 
 /// Captures output, reaps the process, records its exit, and frees its slot.
-async fn supervise(process: Arc<Process>, mut child: Child, permit: OwnedSemaphorePermit) {
+async fn supervise(
+    process: Arc<Process>,
+    mut child: Child,
+    permit: OwnedSemaphorePermit,
+    cgroup: Option<(ProcessCgroup, Arc<Cgroups>)>,
+) {
     let mut readers = tokio::task::JoinSet::new();
     if let Some(out) = child.stdout.take() {
         readers.spawn(capture(process.clone(), out, StreamName::Stdout));
@@ -442,10 +440,26 @@ async fn supervise(process: Arc<Process>, mut child: Child, permit: OwnedSemapho
     }
     let status = child.wait().await;
     let ended = Instant::now();
+    // The kernel counts an OOM kill before it sends the SIGKILL, so the
+    // count is final once the process is reaped.
+    let oom_killed = match &cgroup {
+        Some((cgroup, _)) => match cgroup.oom_kills() {
+            Ok(n) => n > 0,
+            Err(err) => {
+                tracing::warn!(pid = process.pid, error = %err, "cannot read the OOM kill count");
+                false
+            }
+        },
+        None => false,
+    };
+    if let Some((cgroup, owner)) = cgroup {
+        owner.release(cgroup);
+    }
     let exit = match status {
         Ok(status) => Exit {
             code: status.code(),
             signal: status.signal(),
+            oom_killed,
             ended_at: now_ms(),
             ended,
         },
@@ -454,6 +468,7 @@ async fn supervise(process: Arc<Process>, mut child: Child, permit: OwnedSemapho
             Exit {
                 code: None,
                 signal: None,
+                oom_killed,
                 ended_at: now_ms(),
                 ended,
             }
@@ -468,7 +483,7 @@ async fn supervise(process: Arc<Process>, mut child: Child, permit: OwnedSemapho
         *stdin = None;
     }
     drop(permit);
-    tracing::info!(pid = process.pid, code = ?exit.code, signal = ?exit.signal, "process exited");
+    tracing::info!(pid = process.pid, code = ?exit.code, signal = ?exit.signal, oom_killed, "process exited");
     process.bump();
 
     // Read what is left in the pipes; something started in the background

@@ -2,12 +2,14 @@
 //! command, arguments, environment and working directory, and resolution of
 //! the `user` field into a uid and gid.
 
+use std::os::fd::RawFd;
 use std::path::PathBuf;
 
 use nix::unistd::{Gid, Group, Uid, User};
 use sbx_proto::api::ProcessUser;
 use sbx_proto::ErrorCode;
 
+use super::child::ChildSetup;
 use crate::error::ApiError;
 
 /// Largest number of arguments or environment variables accepted.
@@ -99,6 +101,41 @@ impl CommandSpec {
     /// A `tokio` command with arguments, environment, directory and
     /// identity applied; stdio is left to the caller.
     pub fn command(&self) -> tokio::process::Command {
+        let mut cmd = self.base_command();
+        if let Some((uid, gid)) = self.identity_switch() {
+            // std drops supplementary groups when root changes identity.
+            cmd.gid(gid).uid(uid);
+        }
+        if let Some(dir) = &self.working_dir {
+            cmd.current_dir(dir);
+        }
+        cmd
+    }
+
+    /// Like [`Self::command`], but the child first joins the cgroup whose
+    /// `cgroup.procs` is open as `join_fd`, then switches identity and
+    /// directory itself (see `child`).
+    pub fn command_joining(&self, join_fd: RawFd) -> Result<tokio::process::Command, ApiError> {
+        let setup = ChildSetup::new(join_fd, self.identity_switch(), self.working_dir.as_deref())?;
+        let mut cmd = self.base_command();
+        // SAFETY: `ChildSetup::run` only makes async-signal-safe system
+        // calls on data prepared before the fork.
+        unsafe {
+            cmd.pre_exec(move || setup.run());
+        }
+        Ok(cmd)
+    }
+
+    /// The `(uid, gid)` to switch to, when it differs from the agent's.
+    fn identity_switch(&self) -> Option<(u32, u32)> {
+        self.user.as_ref().and_then(|user| {
+            (user.uid != Uid::current().as_raw() || user.gid != Gid::current().as_raw())
+                .then_some((user.uid, user.gid))
+        })
+    }
+
+    /// Program, arguments and environment.
+    fn base_command(&self) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(&self.command);
         cmd.args(&self.args);
         // The agent's own settings (secret file paths among them) are none
@@ -109,10 +146,6 @@ impl CommandSpec {
             }
         }
         if let Some(user) = &self.user {
-            if user.uid != Uid::current().as_raw() || user.gid != Gid::current().as_raw() {
-                // std drops supplementary groups when root changes identity.
-                cmd.gid(user.gid).uid(user.uid);
-            }
             if let Some(home) = &user.home {
                 cmd.env("HOME", home);
             }
@@ -121,9 +154,6 @@ impl CommandSpec {
             }
         }
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
-        if let Some(dir) = &self.working_dir {
-            cmd.current_dir(dir);
-        }
         cmd
     }
 }

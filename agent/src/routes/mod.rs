@@ -2,7 +2,7 @@
 
 mod extract;
 mod files;
-mod openapi;
+pub(crate) mod openapi;
 mod processes;
 mod pty;
 mod system;

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::Stream;
 use nix::sys::signal::Signal;
@@ -25,6 +25,7 @@ use super::openapi::*;
 use crate::error::ApiError;
 use crate::process::output::Filter;
 use crate::process::spec::CommandSpec;
+use crate::process::stdin::ACCEPTED_HEADER;
 use crate::process::Process;
 use crate::state::AppState;
 
@@ -115,7 +116,7 @@ pub async fn get(
     Ok(Json(lookup(&state, &pid)?.info()))
 }
 
-#[utoipa::path(delete, path = "/api/v1/processes/{pid}", tag = "processes", params(("pid" = u32, Path, description = "Process id")), responses((status = 204, description = "SIGKILL to the process group; a finished process is forgotten"), (status = 404, description = "NOT_FOUND", body = ErrorDoc)))]
+#[utoipa::path(delete, path = "/api/v1/processes/{pid}", tag = "processes", params(("pid" = u32, Path, description = "Process id")), responses((status = 204, description = "A running process: SIGKILL to its group; it stays listed with its exit until it ages out. A finished one is forgotten"), (status = 404, description = "NOT_FOUND", body = ErrorDoc)))]
 pub async fn kill(
     State(state): State<AppState>,
     Path(pid): Path<String>,
@@ -141,18 +142,29 @@ pub async fn signal(
     Ok(Json(SignalResponse { success: true }))
 }
 
-#[utoipa::path(post, path = "/api/v1/processes/{pid}/stdin", tag = "processes", params(("pid" = u32, Path, description = "Process id")), request_body(content = Vec<u8>, content_type = "application/octet-stream"), responses((status = 204), (status = 400, description = "STDIN_NOT_WRITABLE", body = ErrorDoc), (status = 404, description = "NOT_FOUND", body = ErrorDoc)))]
+#[utoipa::path(post, path = "/api/v1/processes/{pid}/stdin", tag = "processes", params(("pid" = u32, Path, description = "Process id")), request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses(
+        (status = 204, description = "Every byte was written to the pipe", headers(("x-stdin-accepted-bytes" = u64, description = "Bytes of this request written to the pipe"))),
+        (status = 400, description = "STDIN_NOT_WRITABLE (not a pipe, closed, or the process closed its end), BAD_REQUEST (the body broke off)", body = ErrorDoc, headers(("x-stdin-accepted-bytes" = u64, description = "Bytes of this request written to the pipe before the error"))),
+        (status = 404, description = "NOT_FOUND", body = ErrorDoc),
+        (status = 409, description = "STDIN_BLOCKED: the process read nothing for 5 s; the pipe stays open and the bytes not written may be sent again", body = ErrorDoc, headers(("x-stdin-accepted-bytes" = u64, description = "Bytes of this request written to the pipe; the rest were not")))))]
 pub async fn write_stdin(
     State(state): State<AppState>,
     Path(pid): Path<String>,
     body: Body,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
     let process = lookup(&state, &pid)?;
-    process.write_stdin(body.into_data_stream()).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(match process.write_stdin(body.into_data_stream()).await {
+        Ok(accepted) => (
+            StatusCode::NO_CONTENT,
+            [(ACCEPTED_HEADER.clone(), HeaderValue::from(accepted))],
+        )
+            .into_response(),
+        Err(failure) => failure.into_response(),
+    })
 }
 
-#[utoipa::path(post, path = "/api/v1/processes/{pid}/stdin/close", tag = "processes", params(("pid" = u32, Path, description = "Process id")), responses((status = 204), (status = 400, description = "STDIN_NOT_WRITABLE", body = ErrorDoc), (status = 404, description = "NOT_FOUND", body = ErrorDoc)))]
+#[utoipa::path(post, path = "/api/v1/processes/{pid}/stdin/close", tag = "processes", params(("pid" = u32, Path, description = "Process id")), responses((status = 204), (status = 400, description = "STDIN_NOT_WRITABLE", body = ErrorDoc), (status = 404, description = "NOT_FOUND", body = ErrorDoc), (status = 409, description = "STDIN_BLOCKED: a blocked write holds the pipe", body = ErrorDoc)))]
 pub async fn close_stdin(
     State(state): State<AppState>,
     Path(pid): Path<String>,
@@ -227,7 +239,7 @@ pub async fn follow_output(
 }
 
 /// `POST /processes/run`: `started`, the output, then `exit`.
-#[utoipa::path(post, path = "/api/v1/processes/run", tag = "processes", request_body = CreateProcessDoc, responses((status = 200, description = "SSE: `started` (RunStarted), `output` (OutputEvent)..., `exit` (RunExit)", content_type = "text/event-stream"), (status = 400, description = "BAD_REQUEST", body = ErrorDoc), (status = 429, description = "TOO_MANY_PROCESSES", body = ErrorDoc)))]
+#[utoipa::path(post, path = "/api/v1/processes/run", tag = "processes", request_body = CreateProcessDoc, responses((status = 200, description = "SSE: `started` (RunStarted), `output` (OutputEvent)..., `exit` (RunExit)", content_type = "text/event-stream"), (status = 400, description = "BAD_REQUEST, NOT_A_DIRECTORY (working_dir)", body = ErrorDoc), (status = 403, description = "FORBIDDEN: cannot switch user", body = ErrorDoc), (status = 429, description = "TOO_MANY_PROCESSES", body = ErrorDoc), (status = 503, description = "UNAVAILABLE: cannot fork", body = ErrorDoc)))]
 pub async fn run(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateProcess>,

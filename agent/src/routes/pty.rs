@@ -16,7 +16,7 @@ use crate::error::ApiError;
 use crate::pty::ws;
 use crate::state::AppState;
 
-#[utoipa::path(post, path = "/api/v1/pty", tag = "pty", request_body = CreatePtyDoc, responses((status = 201, body = PtyCreatedDoc), (status = 400, description = "BAD_REQUEST: size out of range, bad command", body = ErrorDoc), (status = 429, description = "TOO_MANY_SESSIONS", body = ErrorDoc)))]
+#[utoipa::path(post, path = "/api/v1/pty", tag = "pty", request_body = CreatePtyDoc, responses((status = 201, body = PtyCreatedDoc), (status = 400, description = "BAD_REQUEST: size out of range, bad command", body = ErrorDoc), (status = 429, description = "TOO_MANY_SESSIONS", body = ErrorDoc), (status = 503, description = "UNAVAILABLE: cannot open a pseudo-terminal", body = ErrorDoc)))]
 pub async fn create(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreatePty>,
@@ -46,7 +46,7 @@ pub async fn get(
     Ok(Json(state.ptys.get(&id)?.info()))
 }
 
-#[utoipa::path(delete, path = "/api/v1/pty/{id}", tag = "pty", params(("id" = String, Path, description = "PTY session id")), responses((status = 204, description = "SIGHUP, then SIGKILL after 2 s"), (status = 404, description = "NOT_FOUND", body = ErrorDoc)))]
+#[utoipa::path(delete, path = "/api/v1/pty/{id}", tag = "pty", params(("id" = String, Path, description = "PTY session id")), responses((status = 204, description = "SIGHUP, then SIGKILL after 2 s; the session is forgotten at once"), (status = 404, description = "NOT_FOUND", body = ErrorDoc)))]
 pub async fn delete(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -7,7 +7,7 @@
 mod handshake;
 mod raw;
 
-pub use raw::open_raw;
+pub use raw::{__path_open_raw, open_raw};
 
 use std::time::{Duration, Instant};
 
@@ -21,11 +21,19 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::error::ApiError;
+use crate::routes::openapi::ErrorDoc;
 use crate::state::AppState;
 
 /// The only address a tunnel ever reaches.
 const TUNNEL_HOST: [u8; 4] = [127, 0, 0, 1];
 
+#[utoipa::path(get, path = "/api/v1/tunnels/tcp", tag = "tunnels",
+    params(("port" = u16, Query, description = "Port on 127.0.0.1 inside the sandbox (never another address)", minimum = 1, maximum = 65535)),
+    responses(
+        (status = 101, description = "WebSocket (RFC 6455: `Connection: Upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Version: 13`, `Sec-WebSocket-Key`). Binary frames are relayed verbatim to and from 127.0.0.1:port; a Close frame half-closes; a text frame closes the tunnel with 1003"),
+        (status = 400, description = "INVALID_PORT: missing, repeated, not a number, 0 or above 65535; BAD_REQUEST: not a WebSocket upgrade", body = ErrorDoc),
+        (status = 429, description = "TOO_MANY_TUNNELS", body = ErrorDoc),
+        (status = 502, description = "CONNECTION_REFUSED: nothing accepted on 127.0.0.1:port (checked before the upgrade)", body = ErrorDoc)))]
 pub async fn open(
     State(state): State<AppState>,
     mut request: Request,

@@ -21,8 +21,16 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::handshake::header_has_token;
 use super::{admit, peer_of, upgraded_stream};
 use crate::error::ApiError;
+use crate::routes::openapi::ErrorDoc;
 use crate::state::AppState;
 
+#[utoipa::path(get, path = "/api/v1/tunnels/raw", tag = "tunnels",
+    params(("port" = u16, Query, description = "Port on 127.0.0.1 inside the sandbox (never another address)", minimum = 1, maximum = 65535)),
+    responses(
+        (status = 101, description = "`Connection: Upgrade`, `Upgrade: sbx-tcp`: after the 101 the connection is the TCP stream to 127.0.0.1:port, byte for byte (the sandbox proxy's path to a user port)"),
+        (status = 400, description = "INVALID_PORT: missing, repeated, not a number, 0 or above 65535; BAD_REQUEST: not an `Upgrade: sbx-tcp` request", body = ErrorDoc),
+        (status = 429, description = "TOO_MANY_TUNNELS", body = ErrorDoc),
+        (status = 502, description = "CONNECTION_REFUSED: nothing accepted on 127.0.0.1:port (checked before the upgrade)", body = ErrorDoc)))]
 pub async fn open_raw(
     State(state): State<AppState>,
     mut request: Request,

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod json;
 pub mod policy;
 pub mod tunnel;
 

@@ -22,6 +22,8 @@ cargo fmt --all -- --check
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# What the fuzz targets reach through the `fuzzing` features (fuzz/README.md).
+cargo clippy -p sbx-agent -p sbx-relay --features fuzzing --all-targets --locked -- -D warnings
 
 step "build (profile ci: optimised, no LTO)"
 cargo build --profile ci --workspace --bins --locked
@@ -31,3 +33,11 @@ PROFILE=ci scripts/check-debs.sh
 
 step "tests"
 cargo test --profile ci --workspace --locked
+
+# A short run of every fuzz target (fuzz/README.md): nightly, cargo-fuzz.
+# Costs the fuzz crate's nightly build plus 10 s per target, two at a time.
+FUZZ_SMOKE_SECONDS=${FUZZ_SMOKE_SECONDS:-10}
+if ((FUZZ_SMOKE_SECONDS > 0)); then
+  step "fuzz smoke: every target for ${FUZZ_SMOKE_SECONDS} s (scripts/fuzz.sh)"
+  FUZZ_JOBS=2 scripts/fuzz.sh "$FUZZ_SMOKE_SECONDS"
+fi

@@ -27,6 +27,9 @@ pub struct Info {
 // Processes
 // ---------------------------------------------------------------------------
 
+// Request bodies are objects, never arrays of fields (see `crate::json`).
+crate::object_only!(CreateProcess, CreatePty, PtyResize, SignalRequest);
+
 /// Where a process's stdin comes from.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -75,6 +78,7 @@ pub enum ProcessUser {
 
 /// `POST /processes` and (with `timeout`) `POST /processes/run`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(remote = "Self")]
 pub struct CreateProcess {
     pub command: String,
     #[serde(default)]
@@ -138,6 +142,7 @@ pub struct ProcessList {
 
 /// `POST /processes/{pid}/signal`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(remote = "Self")]
 pub struct SignalRequest {
     #[serde(deserialize_with = "crate::integral::int")]
     pub signal: i32,
@@ -248,6 +253,7 @@ fn default_cols() -> u16 {
 
 /// `POST /pty`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(remote = "Self")]
 pub struct CreatePty {
     pub command: String,
     #[serde(default)]
@@ -271,6 +277,7 @@ pub struct PtyCreated {
 
 /// `POST /pty/{id}/resize`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(remote = "Self")]
 pub struct PtyResize {
     #[serde(deserialize_with = "crate::integral::int")]
     pub rows: u16,
@@ -296,4 +303,30 @@ pub struct PtyInfo {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PtyList {
     pub sessions: Vec<PtyInfo>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floats_round_trip_exactly() {
+        // Found by fuzz/fuzz_targets/agent_process.rs: without serde_json's
+        // `float_roundtrip` this timeout came back one ULP off.
+        let body = CreateProcess {
+            command: "true".into(),
+            timeout: Some(1.222_222_222_222_222e49),
+            ..CreateProcess::default()
+        };
+        let json = serde_json::to_string(&body).unwrap();
+        let again: CreateProcess = serde_json::from_str(&json).unwrap();
+        assert_eq!(again, body, "through {json}");
+    }
+
+    #[test]
+    fn bodies_are_objects_only() {
+        assert!(serde_json::from_str::<CreateProcess>(r#"["echo",["hi"]]"#).is_err());
+        assert!(serde_json::from_str::<CreatePty>(r#"["sh"]"#).is_err());
+        assert!(serde_json::from_str::<CreateProcess>(r#"{"command":"echo"}"#).is_ok());
+    }
 }

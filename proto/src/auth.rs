@@ -92,7 +92,16 @@ impl ForwardedAuthKey {
         if version != TOKEN_VERSION {
             return Err(TokenError::Version);
         }
-        if expiry.is_empty() || expiry.len() > 20 || !expiry.bytes().all(|b| b.is_ascii_digit()) {
+        // Canonical decimal only: the MAC covers the expiry as a number, so
+        // `v1.02000.<mac>` would otherwise verify as a second spelling of
+        // `v1.2000.<mac>`, and a minter that MACs the text it sends would
+        // disagree with us about leading zeros.
+        let canonical = expiry == "0" || !expiry.starts_with('0');
+        if expiry.is_empty()
+            || expiry.len() > 20
+            || !canonical
+            || !expiry.bytes().all(|b| b.is_ascii_digit())
+        {
             return Err(TokenError::Malformed);
         }
         let expiry: u64 = expiry.parse().map_err(|_| TokenError::Malformed)?;
@@ -198,6 +207,21 @@ mod tests {
             key().verify(&forged, "sbx-1", 1_000, 30),
             Err(TokenError::BadSignature)
         );
+    }
+
+    #[test]
+    fn one_token_per_expiry() {
+        // Found by fuzz/fuzz_targets/forwarded_auth.rs: a leading zero in
+        // the expiry verified with the MAC of the number without it.
+        let token = key().mint("sbx-1", 2_000);
+        let padded = token.replacen("v1.2000.", "v1.02000.", 1);
+        assert_eq!(
+            key().verify(&padded, "sbx-1", 1_000, 30),
+            Err(TokenError::Malformed)
+        );
+        let zero = key().mint("sbx-1", 0);
+        assert!(zero.starts_with("v1.0."));
+        assert_eq!(key().verify(&zero, "sbx-1", 0, 30), Ok(()));
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod api;
 pub mod auth;
 pub mod error;
 pub mod integral;
+pub mod json;
 pub mod policy;
 pub mod tunnel;
 

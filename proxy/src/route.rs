@@ -157,14 +157,25 @@ pub fn target(
         return Err(RouteError::BadHost(shorten(host)));
     }
     let name = name.trim_end_matches('.').to_ascii_lowercase();
-    let label = domains
-        .iter()
-        .find_map(|d| {
-            name.strip_suffix(d.as_str())
-                .and_then(|rest| rest.strip_suffix('.'))
-        })
+    // The label is everything before the first dot and the domain all of
+    // the rest, so with nested domains (`example.com` and
+    // `sbx.example.com`) a host matches one of them at most, whatever
+    // order they are configured in.
+    let (label, domain) = name
+        .split_once('.')
         .ok_or_else(|| RouteError::ForeignHost(shorten(host)))?;
-    if label.is_empty() || label.contains('.') {
+    if !domains.iter().any(|d| d == domain) {
+        let under_ours = domains.iter().any(|d| {
+            name.strip_suffix(d.as_str())
+                .is_some_and(|rest| rest.ends_with('.'))
+        });
+        return Err(if under_ours {
+            RouteError::BadHost(shorten(host))
+        } else {
+            RouteError::ForeignHost(shorten(host))
+        });
+    }
+    if label.is_empty() {
         return Err(RouteError::BadHost(shorten(host)));
     }
     let (port, sandbox) = split_label(label)?;
@@ -297,6 +308,28 @@ mod tests {
             target(None, &HeaderMap::new(), &domains()),
             Err(RouteError::NoHost)
         );
+    }
+
+    #[test]
+    fn nested_domains_route_whatever_their_order() {
+        // Found by fuzz/fuzz_targets/proxy_route.rs: with `example.com`
+        // listed before `sbx.example.com`, hosts under the latter were
+        // refused as `BadHost("web.sbx")`.
+        let nested = ["example.com", "sbx.example.com"].map(String::from);
+        let reversed = ["sbx.example.com", "example.com"].map(String::from);
+        for domains in [&nested, &reversed] {
+            let route = |host: &str| target(Some(host), &HeaderMap::new(), domains.as_slice());
+            assert_eq!(route("8080-web.sbx.example.com").unwrap(), t("web", 8080));
+            assert_eq!(route("web.example.com").unwrap(), t("web", 9501));
+            assert!(matches!(
+                route("a.b.example.com"),
+                Err(RouteError::BadHost(_))
+            ));
+            assert!(matches!(
+                route("example.com"),
+                Err(RouteError::ForeignHost(_))
+            ));
+        }
     }
 
     #[test]

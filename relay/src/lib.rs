@@ -11,7 +11,10 @@
 //! tunnels cost little memory. The HTTP upgrade itself stays with hyper (agent)
 //! and a small handshake (client), checked against tungstenite in the tests.
 
+mod decode;
 pub mod frame;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod mask;
 mod relay;
 

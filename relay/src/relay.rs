@@ -16,10 +16,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
-use crate::frame::{
-    self, encode_header, parse_header, FrameError, Header, OpCode, MAX_CONTROL_PAYLOAD,
-    MAX_HEADER_LEN,
-};
+use crate::decode::{Decoder, Flow, FrameSink};
+use crate::frame::{self, encode_header, FrameError, OpCode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
 use crate::mask::apply_mask;
 
 /// Close codes sent by the relay itself.
@@ -362,7 +360,9 @@ struct TcpSink<'a> {
     stats: &'a Stats,
 }
 
-impl TcpSink<'_> {
+impl FrameSink for TcpSink<'_> {
+    type Error = RelayError;
+
     async fn data(&mut self, bytes: &[u8]) -> Result<(), RelayError> {
         self.tcp.write_all(bytes).await.map_err(RelayError::TcpIo)?;
         self.stats
@@ -393,7 +393,9 @@ impl TcpSink<'_> {
             _ => Ok(Flow::Continue),
         }
     }
+}
 
+impl TcpSink<'_> {
     /// The peer has finished sending: pass the half-close on to TCP.
     async fn finish(&mut self) -> Result<(), RelayError> {
         // The service may already have closed; its FIN is not our error.
@@ -402,147 +404,5 @@ impl TcpSink<'_> {
             Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
             Err(e) => Err(RelayError::TcpIo(e)),
         }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Flow {
-    Continue,
-    PeerClosed,
-}
-
-/// The frame being received.
-#[derive(Debug, Clone, Copy)]
-struct Current {
-    opcode: OpCode,
-    mask: Option<[u8; 4]>,
-    mask_offset: usize,
-    remaining: u64,
-}
-
-/// Incremental frame decoder: holds at most one header and one control
-/// payload between reads, never a data payload.
-struct Decoder {
-    role: Role,
-    max_frame_size: u64,
-    header: [u8; MAX_HEADER_LEN],
-    header_len: usize,
-    current: Option<Current>,
-    in_message: bool,
-    control: [u8; MAX_CONTROL_PAYLOAD],
-    control_len: usize,
-}
-
-impl Decoder {
-    fn new(role: Role, max_frame_size: u64) -> Self {
-        Self {
-            role,
-            max_frame_size,
-            header: [0; MAX_HEADER_LEN],
-            header_len: 0,
-            current: None,
-            in_message: false,
-            control: [0; MAX_CONTROL_PAYLOAD],
-            control_len: 0,
-        }
-    }
-
-    /// Consumes `buf`, forwarding payloads to `sink` as they complete.
-    async fn feed(&mut self, buf: &mut [u8], sink: &mut TcpSink<'_>) -> Result<Flow, RelayError> {
-        let mut pos = 0;
-        while pos < buf.len() {
-            let Some(mut cur) = self.current else {
-                pos += self.read_header(&buf[pos..])?;
-                if let Some(cur) = self.current {
-                    if cur.remaining == 0
-                        && self.end_frame(cur.opcode, sink).await? == Flow::PeerClosed
-                    {
-                        return Ok(Flow::PeerClosed);
-                    }
-                }
-                continue;
-            };
-            let take = (buf.len() - pos).min(usize::try_from(cur.remaining).unwrap_or(usize::MAX));
-            let chunk = &mut buf[pos..pos + take];
-            if let Some(key) = cur.mask {
-                cur.mask_offset = apply_mask(chunk, key, cur.mask_offset);
-            }
-            if cur.opcode.is_control() {
-                self.control[self.control_len..self.control_len + take].copy_from_slice(chunk);
-                self.control_len += take;
-            } else {
-                sink.data(chunk).await?;
-            }
-            pos += take;
-            cur.remaining -= take as u64;
-            self.current = Some(cur);
-            if cur.remaining == 0 && self.end_frame(cur.opcode, sink).await? == Flow::PeerClosed {
-                return Ok(Flow::PeerClosed);
-            }
-        }
-        Ok(Flow::Continue)
-    }
-
-    /// Accumulates header bytes; returns how many of `input` it consumed.
-    fn read_header(&mut self, input: &[u8]) -> Result<usize, FrameError> {
-        let take = (MAX_HEADER_LEN - self.header_len).min(input.len());
-        self.header[self.header_len..self.header_len + take].copy_from_slice(&input[..take]);
-        match parse_header(&self.header[..self.header_len + take])? {
-            None => {
-                self.header_len += take;
-                Ok(take)
-            }
-            Some((header, used)) => {
-                let consumed = used - self.header_len;
-                self.header_len = 0;
-                self.start_frame(header)?;
-                Ok(consumed)
-            }
-        }
-    }
-
-    fn start_frame(&mut self, h: Header) -> Result<(), FrameError> {
-        let must_be_masked = self.role == Role::Server;
-        if h.mask.is_some() != must_be_masked {
-            return Err(FrameError::Masking);
-        }
-        match h.opcode {
-            OpCode::Text => return Err(FrameError::Text),
-            OpCode::Binary if self.in_message => return Err(FrameError::ExpectedContinuation),
-            OpCode::Continuation if !self.in_message => {
-                return Err(FrameError::UnexpectedContinuation)
-            }
-            _ => {}
-        }
-        if !h.opcode.is_control() {
-            if h.len > self.max_frame_size {
-                return Err(FrameError::TooBig {
-                    len: h.len,
-                    max: self.max_frame_size,
-                });
-            }
-            self.in_message = !h.fin;
-        }
-        self.control_len = 0;
-        self.current = Some(Current {
-            opcode: h.opcode,
-            mask: h.mask,
-            mask_offset: 0,
-            remaining: h.len,
-        });
-        Ok(())
-    }
-
-    async fn end_frame(
-        &mut self,
-        opcode: OpCode,
-        sink: &mut TcpSink<'_>,
-    ) -> Result<Flow, RelayError> {
-        self.current = None;
-        if !opcode.is_control() {
-            return Ok(Flow::Continue);
-        }
-        let payload = self.control;
-        sink.control(opcode, &payload[..self.control_len]).await
     }
 }

@@ -192,7 +192,18 @@ impl Session {
     }
 }
 
-fn check_size(rows: u16, cols: u16) -> Result<(), ApiError> {
+/// Validates a `POST /pty` body before anything is opened or spawned.
+pub fn check_create(req: CreatePty) -> Result<CommandSpec, ApiError> {
+    check_size(req.rows, req.cols)?;
+    let mut env: Vec<(String, String)> = Vec::new();
+    if !req.env.contains_key("TERM") {
+        env.push(("TERM".into(), "xterm-256color".into()));
+    }
+    env.extend(req.env);
+    CommandSpec::new(req.command, req.args, env, req.working_dir, None)
+}
+
+pub fn check_size(rows: u16, cols: u16) -> Result<(), ApiError> {
     if !(1..=PTY_MAX_ROWS).contains(&rows) || !(1..=PTY_MAX_COLS).contains(&cols) {
         return Err(ApiError::new(
             ErrorCode::BadRequest,
@@ -273,13 +284,8 @@ impl PtyTable {
     }
 
     pub fn create(&self, req: CreatePty) -> Result<(Arc<Session>, String), ApiError> {
-        check_size(req.rows, req.cols)?;
-        let mut env: Vec<(String, String)> = Vec::new();
-        if !req.env.contains_key("TERM") {
-            env.push(("TERM".into(), "xterm-256color".into()));
-        }
-        env.extend(req.env);
-        let spec = CommandSpec::new(req.command, req.args, env, req.working_dir, None)?;
+        let (rows, cols) = (req.rows, req.cols);
+        let spec = check_create(req)?;
         self.prune();
         let mut sessions = self.lock();
         let live = sessions.values().filter(|s| s.out().exit.is_none()).count();
@@ -289,7 +295,7 @@ impl PtyTable {
                 format!("{live} PTY sessions are open, the configured maximum"),
             ));
         }
-        let (master, slave) = sys::open(req.rows, req.cols).map_err(|e| {
+        let (master, slave) = sys::open(rows, cols).map_err(|e| {
             ApiError::new(
                 ErrorCode::Unavailable,
                 format!("cannot open a pseudo-terminal: {e}"),
@@ -338,7 +344,7 @@ impl PtyTable {
             command: spec.command.clone(),
             args: spec.args.clone(),
             created_at: now_ms(),
-            size: Mutex::new((req.rows, req.cols)),
+            size: Mutex::new((rows, cols)),
             master: Arc::new(master),
             out: Mutex::new(OutState::default()),
             pending_limit: self.pending_limit,

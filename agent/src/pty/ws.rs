@@ -26,20 +26,53 @@ const IN_QUEUE: usize = 64;
 /// Largest frame a client may send (input is typed, not uploaded).
 const MAX_IN_FRAME: usize = 1024 * 1024;
 
-fn frame(op: u8, payload: &[u8]) -> Message {
+/// The limits on what a client may send.
+pub fn config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_frame_size(Some(MAX_IN_FRAME))
+        .max_message_size(Some(MAX_IN_FRAME))
+}
+
+/// An outgoing frame: the opcode, then the payload.
+pub fn frame(op: u8, payload: &[u8]) -> Message {
     let mut buf = BytesMut::with_capacity(payload.len() + 1);
     buf.put_u8(op);
     buf.put_slice(payload);
     Message::Binary(buf.freeze())
 }
 
+/// What a binary frame from the client asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFrame<'a> {
+    /// Terminal input.
+    Data(&'a [u8]),
+    Resize {
+        rows: u16,
+        cols: u16,
+    },
+    Ready,
+    /// Empty, an unknown opcode or a short resize: ignored, as a terminal
+    /// ignores what it does not understand.
+    Ignored,
+}
+
+/// Reads one binary frame from the client (the layout is in the module doc).
+pub fn parse_client_frame(data: &[u8]) -> ClientFrame<'_> {
+    match data.split_first() {
+        Some((&pty_op::DATA, input)) => ClientFrame::Data(input),
+        Some((&pty_op::RESIZE, &[c0, c1, r0, r1, ..])) => ClientFrame::Resize {
+            cols: u16::from_be_bytes([c0, c1]),
+            rows: u16::from_be_bytes([r0, r1]),
+        },
+        Some((&pty_op::READY, _)) => ClientFrame::Ready,
+        _ => ClientFrame::Ignored,
+    }
+}
+
 /// Serves one attached client until it leaves or the program exits.
 pub async fn serve(session: Arc<Session>, upgraded: hyper::upgrade::Upgraded) {
-    let config = WebSocketConfig::default()
-        .max_frame_size(Some(MAX_IN_FRAME))
-        .max_message_size(Some(MAX_IN_FRAME));
-    let ws =
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+    let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config()))
+        .await;
     let (mut sink, mut incoming) = ws.split();
     let (tx, mut rx) = mpsc::channel::<Out>(OUT_QUEUE);
     // Input is written by its own task: a program that stops reading its
@@ -61,19 +94,17 @@ pub async fn serve(session: Arc<Session>, upgraded: hyper::upgrade::Upgraded) {
         tokio::select! {
             // Reading from the client pauses while its input is queued up.
             msg = incoming.next(), if input_tx.capacity() > 0 => match msg {
-                Some(Ok(Message::Binary(data))) => match data.first().copied() {
-                    Some(pty_op::DATA) => {
+                Some(Ok(Message::Binary(data))) => match parse_client_frame(&data) {
+                    ClientFrame::Data(input) => {
                         // Capacity was checked above and this is the only sender.
-                        let _ = input_tx.try_send(data.slice(1..));
+                        let _ = input_tx.try_send(data.slice_ref(input));
                     }
-                    Some(pty_op::RESIZE) if data.len() >= 5 => {
-                        let cols = u16::from_be_bytes([data[1], data[2]]);
-                        let rows = u16::from_be_bytes([data[3], data[4]]);
+                    ClientFrame::Resize { rows, cols } => {
                         if let Err(err) = session.resize(rows, cols) {
                             tracing::debug!(session = %session.id, error = %err.message, "resize refused");
                         }
                     }
-                    Some(pty_op::READY) if !ready => {
+                    ClientFrame::Ready if !ready => {
                         ready = true;
                         let (pending, exit) = session.attach(tx.clone());
                         if !pending.is_empty() && sink.send(frame(pty_op::DATA, &pending)).await.is_err() {

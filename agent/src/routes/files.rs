@@ -15,9 +15,9 @@ use crate::files;
 
 #[derive(Debug, Deserialize)]
 pub struct PathQuery {
-    path: Option<String>,
+    pub(crate) path: Option<String>,
     #[serde(default)]
-    recursive: bool,
+    pub(crate) recursive: bool,
 }
 
 #[utoipa::path(get, path = "/api/v1/files", tag = "files", params(("path" = String, Query, description = "Absolute path; `..` segments are refused (403 PATH_TRAVERSAL)", pattern = "^/[^\\u0000]*$")), responses((status = 200, description = "The file, streamed", content_type = "application/octet-stream"), (status = 400, description = "BAD_REQUEST, IS_DIRECTORY, NOT_A_DIRECTORY", body = ErrorDoc), (status = 403, description = "PATH_TRAVERSAL; FORBIDDEN: permission denied", body = ErrorDoc), (status = 404, description = "NOT_FOUND", body = ErrorDoc)))]

@@ -1,10 +1,10 @@
 //! The HTTP routes of the management API.
 
 mod extract;
-mod files;
+pub(crate) mod files;
 pub(crate) mod openapi;
-mod processes;
-mod pty;
+pub(crate) mod processes;
+pub(crate) mod pty;
 mod system;
 
 use std::sync::Arc;

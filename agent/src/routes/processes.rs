@@ -15,8 +15,8 @@ use axum::Json;
 use futures_util::Stream;
 use nix::sys::signal::Signal;
 use sbx_proto::api::{
-    CreateProcess, OutputResponse, ProcessInfo, ProcessList, RunStarted, SignalRequest,
-    SignalResponse,
+    CreateProcess, OutputMode, OutputResponse, ProcessInfo, ProcessList, RunStarted, SignalRequest,
+    SignalResponse, StdinMode,
 };
 use sbx_proto::ErrorCode;
 
@@ -46,7 +46,19 @@ fn lookup(state: &AppState, raw: &str) -> Result<Arc<Process>, ApiError> {
     state.processes.get(parse_pid(raw)?)
 }
 
-fn start(state: &AppState, body: CreateProcess) -> Result<Arc<Process>, ApiError> {
+/// A `POST /processes` (or `/processes/run`) body that passed every check:
+/// what is left to do is spawn it.
+pub struct Checked {
+    pub spec: CommandSpec,
+    pub timeout: Option<Duration>,
+    pub stdin_mode: StdinMode,
+    pub stdout_mode: OutputMode,
+    pub stderr_mode: OutputMode,
+}
+
+/// Validates a body without side effects (beyond user and directory
+/// lookups), so that every refusal happens before anything is spawned.
+pub fn check(body: CreateProcess) -> Result<Checked, ApiError> {
     for (field, given) in [
         ("name", body.name.is_some()),
         ("restart", body.restart.is_some()),
@@ -78,11 +90,24 @@ fn start(state: &AppState, body: CreateProcess) -> Result<Arc<Process>, ApiError
         body.working_dir,
         body.user.as_ref(),
     )?;
-    let process =
-        state
-            .processes
-            .spawn(&spec, body.stdin_mode, body.stdout_mode, body.stderr_mode)?;
-    if let Some(timeout) = timeout {
+    Ok(Checked {
+        spec,
+        timeout,
+        stdin_mode: body.stdin_mode,
+        stdout_mode: body.stdout_mode,
+        stderr_mode: body.stderr_mode,
+    })
+}
+
+fn start(state: &AppState, body: CreateProcess) -> Result<Arc<Process>, ApiError> {
+    let checked = check(body)?;
+    let process = state.processes.spawn(
+        &checked.spec,
+        checked.stdin_mode,
+        checked.stdout_mode,
+        checked.stderr_mode,
+    )?;
+    if let Some(timeout) = checked.timeout {
         let p = process.clone();
         tokio::spawn(async move {
             tokio::time::sleep(timeout).await;

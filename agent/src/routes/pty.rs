@@ -67,7 +67,7 @@ pub async fn resize(
 
 #[derive(Debug, Deserialize)]
 pub struct TokenQuery {
-    token: Option<String>,
+    pub(crate) token: Option<String>,
 }
 
 /// `GET /pty/{id}/ws`: the token comes in `X-PTY-Token` or `?token=`.

@@ -38,7 +38,7 @@ impl Status {
 
 /// What an entry holds; also its form in the state file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct SandboxSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -77,7 +77,7 @@ pub struct SandboxSpec {
 
 /// A sandbox's size, as the SDK's `SandboxInfo.resources` has it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct Resources {
     pub cpus: f64,
     pub memory_mb: i64,
@@ -87,6 +87,9 @@ pub struct Resources {
 // `cpus` is a float, so equality is by value; NaN never gets in (serde_json
 // has no NaN, and validate() refuses negative sizes).
 impl Eq for Resources {}
+
+// Bodies are objects, never arrays of fields (see `sbx_proto::json`).
+sbx_proto::object_only!(SandboxSpec, Resources);
 
 fn default_namespace() -> String {
     "default".into()
@@ -225,9 +228,24 @@ impl SandboxSpec {
     }
 }
 
+/// A key file is 64 hex digits and a newline; the path comes from an admin
+/// request, so a longer read is refused rather than let `/dev/zero` fill
+/// the proxy's memory.
+const MAX_KEY_FILE: u64 = 1024;
+
 fn read_key_file(path: &std::path::Path) -> Result<ForwardedAuthKey, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    use std::io::Read as _;
+    let cannot = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_KEY_FILE + 1).read_to_string(&mut text))
+        .map_err(cannot)?;
+    if text.len() as u64 > MAX_KEY_FILE {
+        return Err(format!(
+            "{}: longer than {MAX_KEY_FILE} bytes, not a key file",
+            path.display()
+        ));
+    }
     ForwardedAuthKey::from_hex_file_content(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
@@ -359,6 +377,18 @@ mod tests {
         let mut s = SandboxSpec::from_json(body.as_bytes())?;
         s.validate("sbx-1")?;
         Ok(s)
+    }
+
+    #[test]
+    fn objects_only_and_bounded_key_files() {
+        // serde's derive also read an array of the fields in order.
+        assert!(SandboxSpec::from_json(br#"["web"]"#).is_err());
+        let err = spec(r#","resources":[1,2,3]"#).unwrap_err().to_string();
+        assert!(err.contains("resources"), "{err}");
+        let body = br#"{"organization_id":"o","project_id":"p","agent":"10.0.0.2:9501","forwarded_auth_key_file":"/dev/zero"}"#;
+        let mut zero = SandboxSpec::from_json(body).unwrap();
+        let err = zero.validate("sbx-1").unwrap_err().to_string();
+        assert!(err.contains("not a key file"), "{err}");
     }
 
     #[test]

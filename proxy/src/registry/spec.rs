@@ -392,6 +392,16 @@ mod tests {
     }
 
     #[test]
+    fn stored_form_reads_back_exactly() {
+        // Found by fuzz/fuzz_targets/proxy_spec.rs: without serde_json's
+        // `float_roundtrip`, `cpus` came back from the state file one ULP off.
+        let mut s = spec("").unwrap();
+        s.resources.cpus = 1.111_111_111_111_111e44;
+        let stored = serde_json::to_vec(&s).unwrap();
+        assert_eq!(SandboxSpec::from_json(&stored).unwrap(), s);
+    }
+
+    #[test]
     fn accepts_and_normalises() {
         let s = spec(r#","exposed_ports":[8080,3000,8080],"name":"web""#).unwrap();
         assert_eq!(s.exposed_ports, vec![3000, 8080]);

@@ -44,7 +44,25 @@ pub(super) fn policy_rules(
 ) -> Vec<Vec<Statement<'static>>> {
     let bits = desired.mark_bits;
     let judged = || generation::mark(bits, generation);
-    let mut rules = vec![
+    // Packets of connections judged under this generation come first: they
+    // are nearly all the traffic. Every rule up to the always-deny check
+    // accepts, so their order changes no verdict. DNS over TLS is refused
+    // after the fast path safely: naming a domain starts a new generation,
+    // so a connection to port 853 accepted before is judged again.
+    let fast = generation::fast_path(bits, generation);
+    let mut rules = Vec::new();
+    if let Some(intercept) = &desired.intercept {
+        for v6 in [false, true] {
+            rules.push(answers::fast_path_refresh(&fast, v6, intercept.hold));
+        }
+    }
+    rules.push(fast);
+    rules.extend([
+        vec![
+            any_of(ct("state"), &["established", "related"]),
+            eq(ct("direction"), Expression::String("reply".into())),
+            accept(),
+        ],
         vec![
             eq(meta(MetaKey::Oif), Expression::String("lo".into())),
             accept(),
@@ -71,21 +89,11 @@ pub(super) fn policy_rules(
             ),
             accept(),
         ],
-        vec![
-            any_of(ct("state"), &["established", "related"]),
-            eq(ct("direction"), Expression::String("reply".into())),
-            accept(),
-        ],
-    ];
-    let fast = generation::fast_path(bits, generation);
+    ]);
     if let Some(intercept) = &desired.intercept {
         rules.push(answers::redirected(intercept));
         rules.push(answers::refuse_dot());
-        for v6 in [false, true] {
-            rules.push(answers::fast_path_refresh(&fast, v6, intercept.hold));
-        }
     }
-    rules.push(fast);
     for v6 in [false, true] {
         rules.push(vec![
             daddr_in(SetKind::Always, v6, slots),

@@ -88,7 +88,10 @@ fn order_follows_the_spec() {
             .position(|t| t.contains(needle))
             .unwrap_or_else(|| panic!("{needle} missing in {text:#?}"))
     };
-    assert!(pos("\"lo\"") < pos("\"direction\""));
+    // The accepts before the always-deny check (in any order: they only
+    // accept), the fast path first.
+    assert!(text[0].contains(r#""mark""#), "{text:#?}");
+    assert!(pos("\"lo\"") < pos("@always4"));
     assert!(pos("\"direction\"") < pos("@always4"));
     assert!(pos("@always6") < pos("@allow4"));
     assert!(pos("@allow6") < pos("@deny4"));
@@ -325,7 +328,11 @@ fn inbound_opens_only_the_port_from_allowed_sources() {
             .position(|t| t.contains(needle))
             .unwrap_or_else(|| panic!("{needle} missing in {text:#?}"))
     };
-    assert!(text[0].contains(r#""iif""#) && text[0].contains(r#""lo""#));
+    assert!(
+        text[0].contains(r#""direction""#),
+        "replies first: {text:#?}"
+    );
+    assert!(pos(r#""iif""#) < pos("@ingress4"));
     assert!(pos("nd-neighbor-solicit") < pos("@ingress4"));
     assert!(pos("mld-listener-query") < pos("@ingress4"));
     assert!(pos("\"direction\"") < pos("@ingress4"));

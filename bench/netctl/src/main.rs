@@ -250,7 +250,7 @@ fn apply_figures(cli: &Cli, daemon: &Daemon, sandbox: &Netns) -> Result<()> {
         ms(percentile(&mut floor, 0.5))
     );
     println!(
-        "  10-entry policy                               p50 {}  p95 {}   target p50 < 15 ms",
+        "  10-entry policy                               p50 {}  p95 {}   target p50 < 12 ms",
         ms(percentile(&mut small, 0.5)),
         ms(percentile(&mut small, 0.95))
     );

@@ -74,9 +74,9 @@ fn update(program: &str, family: &str, mark: &str) -> Result<(), String> {
     if output.status.success() || stderr.contains(NOTHING_UPDATED) {
         return Ok(());
     }
-    let first = stderr
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("no error message");
-    Err(format!("{family}: {} ({})", first.trim(), output.status))
+    Err(format!(
+        "{family}: {} ({})",
+        crate::nft::first_line(&stderr),
+        output.status
+    ))
 }

@@ -99,8 +99,9 @@ impl HostNamespaces {
     }
 }
 
-/// Device and inode of a namespace file.
-fn identity(path: &Path) -> Option<(u64, u64)> {
+/// Device and inode of a namespace file: what makes two paths the same
+/// namespace.
+pub fn identity(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }

@@ -236,15 +236,20 @@ fn run(program: &str, args: &[&str], stdin: Option<String>) -> Result<String, Ru
             .map_err(|e| RunError::Failed(format!("output not UTF-8: {e}")));
     }
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let first = stderr
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("no error message");
     Err(RunError::Failed(format!(
         "{} ({})",
-        first.trim(),
+        first_line(&stderr),
         output.status
     )))
+}
+
+/// The first non-empty line a tool wrote to stderr: what our errors quote.
+pub(crate) fn first_line(stderr: &str) -> &str {
+    stderr
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("no error message")
 }
 
 fn parse_counters(raw: &str) -> Result<Counters, String> {

@@ -381,11 +381,7 @@ const FORWARD_BUDGET: Duration = Duration::from_millis(1500);
 
 /// Whether two paths name the same namespace (same device and inode).
 fn same_file(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
-        _ => false,
-    }
+    matches!((crate::netns::identity(a), crate::netns::identity(b)), (Some(a), Some(b)) if a == b)
 }
 
 fn not_found(id: &str) -> ApiError {

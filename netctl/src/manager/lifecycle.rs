@@ -242,6 +242,7 @@ impl Manager {
                 if let Err(e) = self.tools.nft.apply(&old, &ruleset::remove()).await {
                     debug!(sandbox = %entry.id, error = %e, "old namespace not cleaned");
                 }
+                self.tools.nft.release(&old).await;
             }
         }
         match (started_forwarder, policy.as_ref()) {
@@ -274,9 +275,12 @@ impl Manager {
         if sb.removed {
             return Err(not_found(id));
         }
-        // Its sockets hold the namespace: they go first.
+        // Its sockets and our nft session hold the namespace: they go first.
         sb.forwarder = None;
         if let Some(setup) = sb.setup.clone() {
+            if let Ok(netns) = target(&sb.spec, Some(&setup)) {
+                self.tools.nft.release(&netns).await;
+            }
             self.delete_setup(id, &mut sb, setup).await?;
             sb.removed = true;
             self.forget(id, &entry);
@@ -292,6 +296,7 @@ impl Manager {
                 }
             }
         }
+        self.tools.nft.release(&netns).await;
         self.store
             .remove(id)
             .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;

@@ -134,7 +134,10 @@ impl Manager {
             setup: Setup::new(layout, Nft::new(config.nft.clone())),
             timing: Timing::from_config(&config.dns),
             tools: Tools {
-                nft: Nft::new(config.nft.clone()),
+                nft: match config.nft_session_idle_secs {
+                    0 => Nft::new(config.nft.clone()),
+                    idle => Nft::with_sessions(config.nft.clone(), Duration::from_secs(idle)),
+                },
                 conntrack: Conntrack::new(config.fast_path.conntrack.clone()),
             },
             mark_bits,

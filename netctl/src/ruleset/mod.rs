@@ -208,6 +208,7 @@ pub fn update(old: &Applied, new: &Desired) -> Change {
         new,
         next,
         answer_sets,
+        (!same).then_some(old),
         |kind: SetKind, v6: bool| {
             let (before, after) = (old.desired.set(kind), new.set(kind));
             same || if v6 {
@@ -230,6 +231,7 @@ pub fn rebuild(in_force: InForce, new: &Desired) -> Change {
         new,
         next,
         in_force.answer_sets,
+        None,
         |_, _| true,
     )
 }
@@ -251,6 +253,7 @@ fn change(
     desired: &Desired,
     next: generation::Next,
     answer_sets: bool,
+    before: Option<&Applied>,
     restage: impl Fn(SetKind, bool) -> bool,
 ) -> Change {
     let mut slots = current;
@@ -280,25 +283,98 @@ fn change(
     }
     Change {
         stage: staged.then(|| stage.to_nftables()),
-        switch: switch(desired, slots, next.generation, answer_sets),
+        switch: switch(desired, slots, next.generation, answer_sets, before),
         slots,
         generation: next.generation,
         sweep: next.sweep,
     }
 }
 
-/// The rules, pointing at `slots`; named counters are added (a no-op when
-/// they exist, so they keep counting). Sets are not declared here: if one
-/// the rules need is missing the transaction fails whole instead of
-/// matching against an empty set.
+/// The rules, pointing at `slots`.
+///
+/// Without `before` (a rebuild, or the same state again as a repair) the
+/// whole table is written: named counters and chains are added (a no-op
+/// when they exist, so counters keep counting), every chain is refilled
+/// and every copy no rule points at is deleted. With `before` (a trusted
+/// state we committed) only the chains whose rules change are refilled and
+/// only the copies the change stopped pointing at are deleted: the smaller
+/// batch is what an apply waits for. If the table is not what `before`
+/// says, the switch fails whole and the caller rebuilds.
+///
+/// Sets are not declared here: if one the rules need is missing the
+/// transaction fails whole instead of matching against an empty set.
 fn switch(
     desired: &Desired,
     slots: Slots,
     generation: Generation,
     answer_sets: bool,
+    before: Option<&Applied>,
 ) -> Nftables<'static> {
     let mut batch = Batch::new();
     batch.add(NfListObject::Table(nft_schema::table(TABLE)));
+    if before.is_none() {
+        declare_objects(&mut batch);
+    }
+    // The answer sets keep their elements across applies and restarts,
+    // so they are made only when missing and never re-declared: nft marks
+    // a set that rules update from the packet path (the kernel then
+    // refuses the same declaration without that mark, and nft 1.0's JSON
+    // cannot write it). Without domains they go.
+    // (Deleted at the end, once no rule names them.)
+    if desired.intercept.is_some() && !answer_sets {
+        for v6 in [false, true] {
+            batch.add(NfListObject::Set(Box::new(answers::set_decl(v6))));
+        }
+    }
+    let rules = chain_rules(desired, slots, generation);
+    let old_rules = before.map(|b| chain_rules(&b.desired, b.slots, b.generation));
+    let changed: Vec<&(&'static str, Vec<Vec<Statement<'static>>>)> = rules
+        .iter()
+        .filter(|(name, new)| {
+            old_rules
+                .as_ref()
+                .is_none_or(|old| old.iter().find(|(n, _)| n == name).map(|(_, r)| r) != Some(new))
+        })
+        .collect();
+    for (name, _) in &changed {
+        batch.add_cmd(NfCmd::Flush(FlushObject::Chain(nft_schema::chain(
+            TABLE, name,
+        ))));
+    }
+    for (name, chain) in &changed {
+        for r in chain {
+            batch.add(nft_schema::rule(TABLE, name, r.clone()));
+        }
+    }
+    if desired.intercept.is_none() && answer_sets {
+        for v6 in [false, true] {
+            batch.delete(NfListObject::Set(Box::new(answers::set_decl(v6))));
+        }
+    }
+    // The copies no rule points at any more.
+    for kind in SetKind::ALL {
+        for v6 in [false, true] {
+            let unused = set_decl(kind, v6, 1 - slots.get(kind, v6));
+            match before {
+                // Adding first makes the delete succeed whether or not
+                // the copy is there.
+                None => {
+                    batch.add(NfListObject::Set(Box::new(unused.clone())));
+                    batch.delete(NfListObject::Set(Box::new(unused)));
+                }
+                // Trusted: exactly the copies this change moved off exist.
+                Some(b) if b.slots.get(kind, v6) != slots.get(kind, v6) => {
+                    batch.delete(NfListObject::Set(Box::new(unused)));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    batch.to_nftables()
+}
+
+/// Our named counters and chains (adding is a no-op when they exist).
+fn declare_objects(batch: &mut Batch<'static>) {
     for name in [
         COUNTER_ACCEPTED,
         COUNTER_FAST,
@@ -320,8 +396,8 @@ fn switch(
             PRIO_FILTER,
         )));
     }
-    // Declared always (and emptied below when no domain is named): a NAT
-    // chain is only consulted for a connection's first packet.
+    // Declared always (and empty when no domain is named): a NAT chain is
+    // only consulted for a connection's first packet.
     for (name, hook) in [
         (answers::CHAIN_OUT, NfHook::Output),
         (answers::CHAIN_IN, NfHook::Prerouting),
@@ -334,97 +410,51 @@ fn switch(
             answers::PRIO,
         )));
     }
-    // The answer sets keep their elements across applies and restarts,
-    // so they are made only when missing and never re-declared: nft marks
-    // a set that rules update from the packet path (the kernel then
-    // refuses the same declaration without that mark, and nft 1.0's JSON
-    // cannot write it). Without domains they go.
-    // (Deleted at the end, once no rule names them.)
-    if desired.intercept.is_some() && !answer_sets {
-        for v6 in [false, true] {
-            batch.add(NfListObject::Set(Box::new(answers::set_decl(v6))));
-        }
-    }
     for name in [CHAIN_POLICY, CHAIN_REFUSE, CHAIN_INBOUND, CHAIN_REFUSE_IN] {
         batch.add(NfListObject::Chain(nft_schema::chain(TABLE, name)));
     }
-    for name in [
-        CHAIN_OUTPUT,
-        CHAIN_INPUT,
-        CHAIN_FORWARD,
-        CHAIN_POLICY,
-        CHAIN_REFUSE,
-        CHAIN_INBOUND,
-        CHAIN_REFUSE_IN,
-        answers::CHAIN_OUT,
-        answers::CHAIN_IN,
-    ] {
-        batch.add_cmd(NfCmd::Flush(FlushObject::Chain(nft_schema::chain(
-            TABLE, name,
-        ))));
-    }
-    if let Some(intercept) = &desired.intercept {
-        let (out, inbound) = answers::redirect_rules(intercept, desired.iface.as_deref());
-        for r in out {
-            batch.add(nft_schema::rule(TABLE, answers::CHAIN_OUT, r));
-        }
-        for r in inbound {
-            batch.add(nft_schema::rule(TABLE, answers::CHAIN_IN, r));
-        }
-    }
-    batch.add(nft_schema::rule(
-        TABLE,
-        CHAIN_OUTPUT,
-        vec![jump(CHAIN_POLICY)],
-    ));
-    batch.add(nft_schema::rule(
-        TABLE,
-        CHAIN_INPUT,
-        vec![jump(CHAIN_INBOUND)],
-    ));
+}
+
+/// Every chain of ours with the rules it holds under `desired`.
+fn chain_rules(
+    desired: &Desired,
+    slots: Slots,
+    generation: Generation,
+) -> Vec<(&'static str, Vec<Vec<Statement<'static>>>)> {
+    let (dns_out, dns_in) = match &desired.intercept {
+        Some(intercept) => answers::redirect_rules(intercept, desired.iface.as_deref()),
+        None => (Vec::new(), Vec::new()),
+    };
+    let mut forward = Vec::new();
     if let Some(iface) = &desired.iface {
         // From the microVM: what it sends; toward it: connections into it.
         for (key, target) in [
             (MetaKey::Iifname, CHAIN_POLICY),
             (MetaKey::Oifname, CHAIN_INBOUND),
         ] {
-            batch.add(nft_schema::rule(
-                TABLE,
-                CHAIN_FORWARD,
-                vec![
-                    eq(meta(key), Expression::String(iface.clone().into())),
-                    jump(target),
-                ],
-            ));
+            forward.push(vec![
+                eq(meta(key), Expression::String(iface.clone().into())),
+                jump(target),
+            ]);
         }
     }
-    for r in egress::policy_rules(desired, slots, generation) {
-        batch.add(nft_schema::rule(TABLE, CHAIN_POLICY, r));
-    }
-    for r in refuse_rules(desired.refusal, COUNTER_REFUSED) {
-        batch.add(nft_schema::rule(TABLE, CHAIN_REFUSE, r));
-    }
-    for r in ingress::inbound_rules(desired, slots) {
-        batch.add(nft_schema::rule(TABLE, CHAIN_INBOUND, r));
-    }
-    for r in refuse_rules(desired.refusal, COUNTER_INBOUND_REFUSED) {
-        batch.add(nft_schema::rule(TABLE, CHAIN_REFUSE_IN, r));
-    }
-    if desired.intercept.is_none() && answer_sets {
-        for v6 in [false, true] {
-            batch.delete(NfListObject::Set(Box::new(answers::set_decl(v6))));
-        }
-    }
-    // The copies no rule points at any more (adding first makes the delete
-    // succeed whether or not the copy is there).
-    for kind in SetKind::ALL {
-        for v6 in [false, true] {
-            let unused = set_decl(kind, v6, 1 - slots.get(kind, v6));
-            batch.add(NfListObject::Set(Box::new(unused.clone())));
-            batch.delete(NfListObject::Set(Box::new(unused)));
-        }
-    }
-    batch.to_nftables()
+    vec![
+        (CHAIN_OUTPUT, vec![vec![jump(CHAIN_POLICY)]]),
+        (CHAIN_INPUT, vec![vec![jump(CHAIN_INBOUND)]]),
+        (CHAIN_FORWARD, forward),
+        (
+            CHAIN_POLICY,
+            egress::policy_rules(desired, slots, generation),
+        ),
+        (CHAIN_REFUSE, refuse_rules(desired.refusal, COUNTER_REFUSED)),
+        (CHAIN_INBOUND, ingress::inbound_rules(desired, slots)),
+        (
+            CHAIN_REFUSE_IN,
+            refuse_rules(desired.refusal, COUNTER_INBOUND_REFUSED),
+        ),
+        (answers::CHAIN_OUT, dns_out),
+        (answers::CHAIN_IN, dns_in),
+    ]
 }
 
 /// The command that lists our table (read by [`referenced`]; run with

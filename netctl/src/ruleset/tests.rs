@@ -481,3 +481,68 @@ fn the_rules_accept_the_generation_and_mark_with_it() {
         "the fast path reads back"
     );
 }
+
+/// The chains a switch empties and the sets it deletes, in order.
+fn refilled_and_deleted(c: &Change) -> (Vec<String>, Vec<String>) {
+    let all = json(&c.switch)["nftables"].as_array().unwrap().clone();
+    let names = |verb: &str, kind: &str| -> Vec<String> {
+        all.iter()
+            .filter_map(|o| o.get(verb).and_then(|v| v.get(kind)))
+            .map(|v| v["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    (names("flush", "chain"), names("delete", "set"))
+}
+
+#[test]
+fn a_trusted_change_refills_only_the_chains_it_changes() {
+    let old = applied_fresh();
+    let mut new = old.desired.clone();
+    new.deny = Prefixes::merge(&["192.0.2.0/24".parse().unwrap()]);
+    let c = update(&old, &new);
+    // A grown deny set is a new generation: the policy chain only.
+    assert_eq!(
+        refilled_and_deleted(&c),
+        (vec!["policy".to_owned()], vec!["deny4_1".to_owned()])
+    );
+    // Counters and chains exist in a trusted table: not declared again.
+    let declared = json(&c.switch)["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o.get("add"))
+        .filter(|a| a.get("counter").is_some() || a.get("chain").is_some())
+        .count();
+    assert_eq!(declared, 0);
+
+    let mut new = old.desired.clone();
+    new.ingress = Prefixes::merge(&[
+        "10.200.0.2/32".parse().unwrap(),
+        "fd00:5b::1/128".parse().unwrap(),
+    ]);
+    let c = update(&old, &new);
+    assert_eq!(
+        refilled_and_deleted(&c),
+        (vec!["inbound".to_owned()], vec!["ingress4_1".to_owned()])
+    );
+}
+
+#[test]
+fn a_repair_or_rebuild_writes_the_whole_table() {
+    let all_chains = [
+        "output",
+        "input",
+        "forward",
+        "policy",
+        "refuse",
+        "inbound",
+        "refuse_in",
+        "dns_out",
+        "dns_in",
+    ];
+    for c in [update(&applied_fresh(), &desired()), fresh(&desired())] {
+        let (chains, deleted) = refilled_and_deleted(&c);
+        assert_eq!(chains, all_chains);
+        assert_eq!(deleted.len(), 10, "{deleted:?}");
+    }
+}

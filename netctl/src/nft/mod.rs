@@ -1,12 +1,18 @@
 //! Applying batches and reading counters with `nft`, inside a namespace.
 //!
-//! The nftables crate serialises our typed batch to JSON and feeds it to
-//! `nft -j -f -`, which commits it as one kernel transaction. No request
-//! data ever reaches nft as text.
+//! The nftables crate serialises our typed batch to JSON and nft commits
+//! it as one kernel transaction: through the namespace's long-lived
+//! session (`session`) for applies and the listing they read, or a
+//! one-shot `nft -j -f -` elsewhere. No request data ever reaches nft as
+//! text.
+
+mod session;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
 
 use nftables::schema::Nftables;
 
@@ -14,6 +20,7 @@ use crate::netns::{self, NetnsError};
 use crate::ruleset::{
     COUNTER_ACCEPTED, COUNTER_FAST, COUNTER_INBOUND_REFUSED, COUNTER_REFUSED, TABLE,
 };
+use session::{SessionError, Sessions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
@@ -36,9 +43,20 @@ enum RunError {
 const NFT_NOT_FOUND: &str = "No such file or directory";
 
 /// How to call nft.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Nft {
     program: String,
+    /// Long-lived nft per namespace for applies; `None`: one `nft` per call.
+    sessions: Option<Arc<Sessions>>,
+}
+
+impl std::fmt::Debug for Nft {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nft")
+            .field("program", &self.program)
+            .field("sessions", &self.sessions.is_some())
+            .finish()
+    }
 }
 
 /// Packets our rules accepted and refused (named counters; they survive
@@ -57,10 +75,65 @@ pub struct Counters {
 }
 
 impl Nft {
+    /// One `nft` process per call.
     pub fn new(program: impl Into<String>) -> Self {
         Self {
             program: program.into(),
+            sessions: None,
         }
+    }
+
+    /// Applies and rule listings go through a long-lived nft per namespace,
+    /// closed after `idle` without use (see `session` for why).
+    pub fn with_sessions(program: impl Into<String>, idle: Duration) -> Self {
+        let program = program.into();
+        Self {
+            sessions: Some(Sessions::new(program.clone(), idle)),
+            program,
+        }
+    }
+
+    /// Closes the session in the namespace at `netns`, if any, and waits
+    /// for its nft to exit: a session's nft keeps its namespace alive.
+    pub async fn release(&self, netns: &Path) {
+        let Some(sessions) = self.sessions.clone() else {
+            return;
+        };
+        let path = netns.to_path_buf();
+        if let Err(e) = tokio::task::spawn_blocking(move || sessions.release(&path)).await {
+            tracing::warn!(netns = %netns.display(), error = %e, "closing the nft session failed");
+        }
+    }
+
+    /// Runs `inputs` in order through the namespace's session; the
+    /// answers of all of them, or the first refusal.
+    async fn through_session(
+        &self,
+        sessions: &Arc<Sessions>,
+        netns: &Path,
+        inputs: Vec<String>,
+    ) -> Result<Result<Vec<String>, SessionError>, NftError> {
+        let sessions = sessions.clone();
+        let path = netns.to_path_buf();
+        let program = self.program.clone();
+        Ok(netns::run_in(netns, move || {
+            // The namespace this thread is in, not what the path names by
+            // now: a session must never serve another namespace.
+            let identity = netns::identity(Path::new("/proc/thread-self/ns/net"))
+                .ok_or_else(|| SessionError::Broken("cannot identify the namespace".into()))?;
+            let slot = sessions.slot(identity, &path);
+            // This thread is in the namespace, so a one-shot nft is too.
+            let one_shot = |json: &str| {
+                run(&program, &["-j", "-t", "-f", "-"], Some(json.to_owned())).map_err(
+                    |e| match e {
+                        RunError::Failed(m) => SessionError::Refused(m),
+                        RunError::Spawn(m) => SessionError::Broken(m),
+                    },
+                )
+            };
+            session::run_batches(&sessions, &slot, &inputs, one_shot)
+        })
+        .await?)
     }
 
     /// Commits `batch` in the namespace as one transaction.
@@ -82,6 +155,18 @@ impl Nft {
                 netns: ns.clone(),
                 message: format!("serialise batch: {e}"),
             })?);
+        }
+        if let Some(sessions) = &self.sessions {
+            return self
+                .through_session(sessions, netns, inputs)
+                .await?
+                .map(drop)
+                .map_err(|e| NftError::Nft {
+                    netns: ns,
+                    message: match e {
+                        SessionError::Refused(m) | SessionError::Broken(m) => m,
+                    },
+                });
         }
         let program = self.program.clone();
         netns::run_in(netns, move || {
@@ -163,6 +248,24 @@ impl Nft {
                 netns: netns.to_path_buf(),
                 message: format!("serialise listing: {e}"),
             })?;
+        if let Some(sessions) = &self.sessions {
+            return match self.through_session(sessions, netns, vec![json]).await? {
+                Ok(mut answers) => {
+                    let answer = answers.pop().unwrap_or_default();
+                    // Only the JSON line: nothing else nft may have said.
+                    Ok(Some(answer.find('{').map_or(answer.clone(), |at| {
+                        answer[at..].trim_end().to_owned()
+                    })))
+                }
+                Err(SessionError::Refused(m)) if m.contains(NFT_NOT_FOUND) => Ok(None),
+                Err(SessionError::Refused(message) | SessionError::Broken(message)) => {
+                    Err(NftError::Nft {
+                        netns: netns.to_path_buf(),
+                        message,
+                    })
+                }
+            };
+        }
         let program = self.program.clone();
         match netns::run_in(netns, move || {
             run(&program, &["-t", "-j", "-f", "-"], Some(json))

@@ -298,7 +298,20 @@ pub struct Dns {
 
 impl Dns {
     fn start(internet: &Netns, dir: &Path, ttl: u32, extra: &[String]) -> Self {
-        let hosts = dir.join("hosts");
+        Self::start_at(internet, dir, &[DNS_V4, DNS_V6], ttl, extra)
+    }
+
+    /// A resolver listening on `listen` (addresses the caller put on the
+    /// internet namespace's loopback), with its own hosts file in `dir`.
+    pub fn start_at(
+        internet: &Netns,
+        dir: &Path,
+        listen: &[&str],
+        ttl: u32,
+        extra: &[String],
+    ) -> Self {
+        let first = listen.first().copied().expect("an address to listen on");
+        let hosts = dir.join(format!("hosts-{first}"));
         fs::write(&hosts, "").expect("hosts file");
         let mut cmd = internet.command("/usr/sbin/dnsmasq");
         cmd.args([
@@ -312,8 +325,7 @@ impl Dns {
             "--pid-file",
             "--port=53",
         ])
-        .arg(format!("--listen-address={DNS_V4}"))
-        .arg(format!("--listen-address={DNS_V6}"))
+        .args(listen.iter().map(|a| format!("--listen-address={a}")))
         .arg(format!("--addn-hosts={}", hosts.display()))
         .arg(format!("--local-ttl={ttl}"))
         .args(extra)
@@ -324,7 +336,7 @@ impl Dns {
         let dns = Self { hosts, child };
         // Ready when it answers.
         let deadline = Instant::now() + Duration::from_secs(5);
-        let server: SocketAddr = format!("{DNS_V4}:53").parse().unwrap();
+        let server = SocketAddr::new(first.parse().expect("listen address"), 53);
         let path = internet.path();
         loop {
             let answered = in_netns(&path, move || {

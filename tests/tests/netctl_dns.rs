@@ -64,16 +64,25 @@ fn parse(bytes: &[u8], took: Duration) -> Answer {
 fn ask(w: &World, server: &str, name: &str, kind: RecordType) -> Answer {
     let server: SocketAddr = server.parse().expect("server");
     let query = query_message(name, kind);
-    w.probe.run(move || {
-        let started = Instant::now();
-        let sock = UdpSocket::bind("0.0.0.0:0").expect("bind");
-        sock.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        sock.send_to(&query, server).expect("send");
-        let mut buf = vec![0u8; 65_535];
-        let n = sock.recv(&mut buf).expect("an answer within 5 s");
-        parse(&buf[..n], started.elapsed())
-    })
+    w.probe.run(move || udp_query(server, &query))
+}
+
+/// Asks over UDP from inside the namespace at `ns_path`.
+fn ask_from(ns_path: &str, server: &str, name: &str) -> Answer {
+    let server: SocketAddr = server.parse().expect("server");
+    let query = query_message(name, RecordType::A);
+    in_netns(ns_path, move || udp_query(server, &query))
+}
+
+fn udp_query(server: SocketAddr, query: &[u8]) -> Answer {
+    let started = Instant::now();
+    let sock = UdpSocket::bind("0.0.0.0:0").expect("bind");
+    sock.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    sock.send_to(query, server).expect("send");
+    let mut buf = vec![0u8; 65_535];
+    let n = sock.recv(&mut buf).expect("an answer within 5 s");
+    parse(&buf[..n], started.elapsed())
 }
 
 /// Asks over TCP from inside the sandbox.
@@ -147,6 +156,154 @@ fn an_answer_for_an_allowed_name_opens_exactly_its_addresses() {
         answers.contains("app.cdn.test") && answers.contains(V4_A),
         "{view}"
     );
+}
+
+/// A second resolver in the internet namespace: the one the sandbox thinks
+/// it asks.
+const OTHER_RESOLVER_IP: &str = "198.51.100.54";
+
+#[test]
+fn two_resolvers_disagree_and_only_the_answer_the_sandbox_got_opens() {
+    if !require_netns() {
+        return;
+    }
+    let w = World::new();
+    w.internet.ip(&[
+        "addr",
+        "add",
+        &format!("{OTHER_RESOLVER_IP}/32"),
+        "dev",
+        "lo",
+    ]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("other-queries.log");
+    let other = Dns::start_at(
+        &w.internet,
+        dir.path(),
+        &[OTHER_RESOLVER_IP],
+        1,
+        &[
+            "--log-queries".to_owned(),
+            format!("--log-facility={}", log.display()),
+        ],
+    );
+    other.set_records(&[(V4_B, "app.test")]);
+    // netctl's upstream says V4_C when the policy is set and V4_A by the
+    // time the sandbox asks: what opens is the answer, not a guess.
+    w.dns.set_records(&[(V4_C, "app.test")]);
+    w.put_ok(
+        "sb",
+        r#"{"allow_internet_access": false, "allow_out": ["app.test"]}"#,
+    );
+    w.dns.set_records(&[(V4_A, "app.test")]);
+    let other_resolver = format!("{OTHER_RESOLVER_IP}:53");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let answer = loop {
+        // The sandbox asks the resolver it believes is its own.
+        let a = ask(&w, &other_resolver, "app.test", RecordType::A);
+        if a.addrs.first().map(ToString::to_string).as_deref() == Some(V4_A) {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "never answered {V4_A}: {a:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(answer.code, ResponseCode::NoError);
+    w.assert_reachable(V4_A);
+    // What the other resolver would have said stays shut.
+    w.assert_refused(V4_B);
+    std::thread::sleep(Duration::from_millis(200));
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        !logged.contains("app.test"),
+        "the sandbox's query reached the resolver it addressed: {logged}"
+    );
+}
+
+#[test]
+fn a_vm_behind_the_tap_is_answered_and_judged_the_same() {
+    if !require_netns() {
+        return;
+    }
+    // A "VM" behind the sandbox namespace: its queries are forwarded
+    // traffic, redirected in prerouting on the tap (`dns_in`).
+    let w = World::new();
+    let vm = sbx_tests::netns::Netns::new("ncv");
+    let (tap, _) =
+        sbx_tests::netns::link(&w.sandbox, &["203.0.113.65/26"], &vm, &["203.0.113.66/26"]);
+    vm.ip(&["route", "add", "default", "via", "203.0.113.65"]);
+    w.internet
+        .ip(&["route", "add", "203.0.113.64/26", "via", "192.0.2.2"]);
+    w.sandbox.sh("echo 1 > /proc/sys/net/ipv4/ip_forward");
+    w.dns
+        .set_records(&[(V4_A, "app.cdn.test"), (V4_B, "other.test")]);
+    let body = format!(
+        r#"{{"netns":"{}","iface":"{tap}","network":{{"allow_internet_access":false,"allow_out":["*.cdn.test"]}}}}"#,
+        w.sandbox.name()
+    );
+    let r = w.api().call("PUT", "/v1/sandboxes/sb", Some(&body));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let from_vm = |ip: &str, port: u16| {
+        let addr = SocketAddr::new(ip.parse().expect("ip"), port);
+        in_netns(&vm.path(), move || probe_tcp(addr, Duration::from_secs(2)))
+    };
+    assert!(matches!(from_vm(V4_A, PORT).0, Outcome::Refused(_)));
+    // An address nothing answers on (outside the VM's own /26).
+    let a = ask_from(&vm.path(), "198.51.100.99:53", "app.cdn.test");
+    assert_eq!(a.code, ResponseCode::NoError, "{a:?}");
+    assert_eq!(addr_of(&a), V4_A);
+    assert_eq!(from_vm(V4_A, PORT).0, Outcome::Ok);
+    assert!(matches!(from_vm(V4_B, PORT).0, Outcome::Refused(_)));
+    assert_eq!(
+        ask_from(&vm.path(), RESOLVER, "other.test").code,
+        ResponseCode::NXDomain
+    );
+    let (dot, took) = from_vm(V4_A, 853);
+    assert!(matches!(dot, Outcome::Refused(_)), "{dot:?}");
+    assert!(took < Duration::from_millis(200), "{took:?}");
+}
+
+#[test]
+fn an_answer_whose_addresses_cannot_be_written_is_servfail() {
+    if !require_netns() {
+        return;
+    }
+    let w = World::new();
+    w.dns.set_records(&[(V4_A, "app.cdn.test")]);
+    let policy = r#"{"allow_internet_access": false, "allow_out": ["*.cdn.test"]}"#;
+    w.put_ok("sb", policy);
+    assert_eq!(
+        addr_of(&ask(&w, RESOLVER, "app.cdn.test", RecordType::A)),
+        V4_A
+    );
+    // Someone removes the answer sets behind netctl's back (the redirect
+    // stays): an answer can no longer be put in force, so the client gets
+    // SERVFAIL at once, never an answer whose addresses would be refused.
+    // (As JSON: `policy` is a keyword of nft's text syntax.)
+    let t = r#""family": "inet", "table": "sbx_netctl""#;
+    w.sandbox.sh(&format!(
+        r#"echo '{{"nftables": [
+            {{"flush": {{"chain": {{{t}, "name": "policy"}}}}}},
+            {{"delete": {{"set": {{{t}, "name": "allow_dns4"}}}}}},
+            {{"delete": {{"set": {{{t}, "name": "allow_dns6"}}}}}}]}}' | nft -j -f -"#
+    ));
+    let a = ask(&w, RESOLVER, "app.cdn.test", RecordType::A);
+    assert_eq!(a.code, ResponseCode::ServFail, "{a:?}");
+    assert!(a.addrs.is_empty(), "{a:?}");
+    assert!(a.took < Duration::from_secs(1), "{a:?}");
+    let metrics = w.api().call("GET", "/metrics", None).body;
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("netctl_dns_queries_total{verdict=\"servfail\"}")
+                && !l.ends_with(" 0")
+        ),
+        "{metrics}"
+    );
+    // The same policy again repairs the table, and answers flow again.
+    w.put_ok("sb", policy);
+    let a = ask(&w, RESOLVER, "app.cdn.test", RecordType::A);
+    assert_eq!(addr_of(&a), V4_A, "{a:?}");
+    w.assert_reachable(V4_A);
+    w.assert_refused(V4_B);
 }
 
 #[test]
@@ -331,7 +488,10 @@ fn every_answer_is_in_force_before_the_client_sees_it() {
                 continue;
             };
             let addr = SocketAddr::new(*ip, PORT);
-            if let Err(e) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            // A refusal is a reset at once; the timeout only has to outlast
+            // one SYN retransmission (1 s) when a loaded machine lets the
+            // echo server's accept queue overflow.
+            if let Err(e) = TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
                 failures.push(format!("{name} -> {ip}: {e}"));
             }
         }

@@ -307,6 +307,98 @@ fn an_answer_whose_addresses_cannot_be_written_is_servfail() {
 }
 
 #[test]
+fn an_answer_held_past_its_bound_is_servfail_not_late() {
+    if !require_netns() {
+        return;
+    }
+    let w = World::new();
+    w.internet
+        .ip(&["route", "add", "local", "198.18.0.0/22", "dev", "lo"]);
+    let names: Vec<String> = (0..1000).map(|i| format!("n{i}.hold.test")).collect();
+    let addrs: Vec<String> = (0..1000)
+        .map(|i| format!("198.18.{}.{}", i / 250, i % 250 + 1))
+        .collect();
+    let records: Vec<(&str, &str)> = addrs
+        .iter()
+        .zip(&names)
+        .map(|(a, n)| (a.as_str(), n.as_str()))
+        .collect();
+    w.dns.set_records(&records);
+    w.put_ok(
+        "sb",
+        r#"{"allow_internet_access": false, "allow_out": ["*.hold.test"]}"#,
+    );
+    // One transaction of a million elements, in a table of its own in the
+    // sandbox's namespace, holds nf_tables' lock there for most of a
+    // second (0.78 s of kernel time on the 2-core CI VM): every set write
+    // of netctl's waits for it meanwhile.
+    let bulk = w.dir.path().join("bulk.nft");
+    let mut text =
+        String::from("table inet bulk {\n set s { type ipv4_addr; size 2000000; elements = {\n");
+    for i in 0u32..1_000_000 {
+        let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+        text.push_str(&format!("{ip},\n"));
+    }
+    text.push_str("10.255.255.255 } }\n}\n");
+    std::fs::write(&bulk, text).expect("write the bulk ruleset");
+    let mut loader = sbx_tests::process::ChildGuard::spawn(
+        "nft bulk load",
+        w.sandbox
+            .command("nft")
+            .arg("-f")
+            .arg(&bulk)
+            .stdout(std::process::Stdio::null()),
+    );
+    // Queries one after another until the load is done; every allowed
+    // answer is written before it is released, a name seen before too.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for name in names.iter().cycle() {
+        if Instant::now() > deadline || loader.child_mut().try_wait().ok().flatten().is_some() {
+            break;
+        }
+        let a = ask(&w, RESOLVER, name, RecordType::A);
+        if a.code == ResponseCode::NoError {
+            // What was released is in force at once.
+            let addr = SocketAddr::new(*a.addrs.first().expect("an address"), PORT);
+            let (outcome, _) = w.probe.run(move || probe_tcp(addr, Duration::from_secs(3)));
+            assert_eq!(outcome, Outcome::Ok, "{name} -> {addr}");
+        }
+        seen.push((name.clone(), a));
+    }
+    let status = loader.wait_timeout(Duration::from_secs(30));
+    assert!(status.is_some_and(|s| s.success()), "bulk load: {status:?}");
+    w.sandbox.sh("nft delete table inet bulk");
+
+    let servfails: Vec<&Answer> = seen
+        .iter()
+        .map(|(_, a)| a)
+        .filter(|a| a.code == ResponseCode::ServFail)
+        .collect();
+    let slowest = seen
+        .iter()
+        .max_by_key(|(_, a)| a.took)
+        .map(|(n, a)| format!("{n}: {a:?}"));
+    assert!(
+        !servfails.is_empty(),
+        "no query met the held lock ({} asked; slowest {slowest:?})",
+        seen.len()
+    );
+    for a in &servfails {
+        // The bound (250 ms), not the lock's length, decides.
+        assert!(
+            a.took >= Duration::from_millis(200) && a.took < Duration::from_millis(750),
+            "{a:?}"
+        );
+    }
+    let slowest = seen.iter().map(|(_, a)| a.took).max().unwrap_or_default();
+    assert!(
+        slowest < Duration::from_millis(750),
+        "an answer took {slowest:?}"
+    );
+}
+
+#[test]
 fn denied_names_get_nxdomain_and_fail_at_once() {
     if !require_netns() {
         return;

@@ -63,7 +63,7 @@ pub struct Resolved {
 struct Shared {
     sandbox: String,
     rules: RwLock<NameRules>,
-    writer: ElementWriter,
+    writer: Arc<ElementWriter>,
     upstreams: Upstreams,
     timing: Timing,
     locks: Vec<Mutex<()>>,
@@ -96,7 +96,7 @@ impl Forwarder {
         let shared = Arc::new(Shared {
             sandbox: sandbox.to_owned(),
             rules: RwLock::new(rules),
-            writer,
+            writer: Arc::new(writer),
             upstreams,
             timing,
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
@@ -313,11 +313,20 @@ impl Shared {
                 v6.push(element);
             }
         }
-        // Both writes finish before the answer goes; the socket is ours
-        // alone for the duration of each syscall.
-        let writer = &self.writer;
-        writer.add(SET_V4, &v4).map_err(|e| e.to_string())?;
-        writer.add(SET_V6, &v6).map_err(|e| e.to_string())?;
+        // Both writes finish before the answer goes. They run on a blocking
+        // thread: the kernel makes a write wait while another transaction
+        // in the namespace holds nf_tables' lock (a big policy apply can
+        // hold it for most of a second), and only a task that yields lets
+        // the caller's HOLD_LIMIT fire. A write that outlives its answer's
+        // SERVFAIL still lands; its elements expire like any other.
+        let writer = self.writer.clone();
+        tokio::task::spawn_blocking(move || {
+            writer.add(SET_V4, &v4)?;
+            writer.add(SET_V6, &v6)
+        })
+        .await
+        .map_err(|e| format!("set write task: {e}"))?
+        .map_err(|e| e.to_string())?;
         let now = now_ms();
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         if recent.len() >= MAX_RECENT && !recent.contains_key(qname) {

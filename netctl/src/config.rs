@@ -31,6 +31,10 @@ pub struct Config {
     /// one `nft` per change instead.
     #[serde(default = "default_nft_session_idle_secs")]
     pub nft_session_idle_secs: u64,
+    /// The most sandbox namespaces with such an nft at once (each idle one
+    /// holds about 0.5 MiB); the least recently used beyond it are closed.
+    #[serde(default = "default_nft_sessions_max")]
+    pub nft_sessions_max: usize,
     #[serde(default)]
     pub dns: DnsConfig,
     /// Sandboxes re-applied at once on start.
@@ -209,6 +213,7 @@ impl Default for Config {
             refusal: Refusal::default(),
             nft: default_nft(),
             nft_session_idle_secs: default_nft_session_idle_secs(),
+            nft_sessions_max: default_nft_sessions_max(),
             dns: DnsConfig::default(),
             reconcile_concurrency: default_reconcile_concurrency(),
             setup: SetupConfig::default(),
@@ -229,7 +234,11 @@ fn default_nft() -> String {
 }
 
 fn default_nft_session_idle_secs() -> u64 {
-    30
+    10
+}
+
+fn default_nft_sessions_max() -> usize {
+    64
 }
 fn default_min_ttl() -> u64 {
     5

@@ -19,7 +19,12 @@ fn identity(path: &str) -> Option<(u64, u64)> {
 
 /// PIDs of `nft -i` sessions whose network namespace is the sandbox's.
 fn sessions(w: &World) -> Vec<u32> {
-    let Some(target) = identity(&w.sandbox.path()) else {
+    sessions_in(&w.sandbox.path())
+}
+
+/// PIDs of `nft -i` sessions in the namespace at `ns_path`.
+fn sessions_in(ns_path: &str) -> Vec<u32> {
+    let Some(target) = identity(ns_path) else {
         return Vec::new();
     };
     let mut found = Vec::new();
@@ -138,4 +143,30 @@ fn without_sessions_every_change_runs_its_own_nft() {
     w.put_ok("sb", DENY_B);
     enforce_b(&w);
     assert!(sessions(&w).is_empty());
+}
+
+#[test]
+fn beyond_the_limit_the_least_recently_used_session_is_closed() {
+    if !require_netns() {
+        return;
+    }
+    let w = World::with(WorldOptions {
+        extra_config: "nft_sessions_max = 1".into(),
+        ..WorldOptions::default()
+    });
+    let other = sbx_tests::netns::Netns::new("ncq");
+    w.put_ok("sb", DENY_A);
+    assert_eq!(sessions(&w).len(), 1);
+    let body = format!(r#"{{"netns":"{}","network":{DENY_B}}}"#, other.name());
+    let r = w.api().call("PUT", "/v1/sandboxes/sb2", Some(&body));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(sessions_in(&other.path()).len(), 1);
+    w.wait_for(Duration::from_secs(2), || sessions(&w).is_empty())
+        .expect("the older session is closed");
+    // Its sandbox is still served: the next change starts a session again.
+    enforce_a(&w);
+    w.put_ok("sb", DENY_B);
+    enforce_b(&w);
+    let r = w.api().call("DELETE", "/v1/sandboxes/sb2", None);
+    assert_eq!(r.status, 204, "{}", r.body);
 }

@@ -136,7 +136,11 @@ impl Manager {
             tools: Tools {
                 nft: match config.nft_session_idle_secs {
                     0 => Nft::new(config.nft.clone()),
-                    idle => Nft::with_sessions(config.nft.clone(), Duration::from_secs(idle)),
+                    idle => Nft::with_sessions(
+                        config.nft.clone(),
+                        Duration::from_secs(idle),
+                        config.nft_sessions_max,
+                    ),
                 },
                 conntrack: Conntrack::new(config.fast_path.conntrack.clone()),
             },

@@ -84,11 +84,12 @@ impl Nft {
     }
 
     /// Applies and rule listings go through a long-lived nft per namespace,
-    /// closed after `idle` without use (see `session` for why).
-    pub fn with_sessions(program: impl Into<String>, idle: Duration) -> Self {
+    /// closed after `idle` without use, at most `max` at once (see
+    /// `session` for why).
+    pub fn with_sessions(program: impl Into<String>, idle: Duration, max: usize) -> Self {
         let program = program.into();
         Self {
-            sessions: Some(Sessions::new(program.clone(), idle)),
+            sessions: Some(Sessions::new(program.clone(), idle, max)),
             program,
         }
     }

@@ -261,11 +261,14 @@ fn refusal(text: &str) -> String {
 /// The sessions of all namespaces, keyed by namespace identity so two
 /// paths to one namespace share one session. A session's nft is a member
 /// of its namespace and so keeps it alive: sessions are closed when their
-/// sandbox goes ([`Sessions::release`]) and after [`Sessions::idle`]
-/// without use.
+/// sandbox goes ([`Sessions::release`]), after [`Sessions::idle`] without
+/// use, and the least recently used beyond [`Sessions::max`].
 pub struct Sessions {
     program: String,
     idle: Duration,
+    /// The most namespaces with a session at once: each idle nft holds
+    /// about 0.5 MiB of its own.
+    max: usize,
     slots: Mutex<HashMap<Identity, Arc<Slot>>>,
     reaper: Mutex<bool>,
 }
@@ -279,10 +282,11 @@ pub struct Slot {
 }
 
 impl Sessions {
-    pub fn new(program: String, idle: Duration) -> Arc<Self> {
+    pub fn new(program: String, idle: Duration, max: usize) -> Arc<Self> {
         Arc::new(Self {
             program,
             idle,
+            max: max.max(1),
             slots: Mutex::new(HashMap::new()),
             reaper: Mutex::new(false),
         })
@@ -296,14 +300,51 @@ impl Sessions {
     pub fn slot(self: &Arc<Self>, identity: Identity, path: &Path) -> Arc<Slot> {
         self.start_reaper();
         let mut slots = lock(&self.slots);
-        let slot = slots.entry(identity).or_insert_with(|| {
-            Arc::new(Slot {
-                path: Mutex::new(path.to_path_buf()),
-                session: Mutex::new(None),
+        let slot = slots
+            .entry(identity)
+            .or_insert_with(|| {
+                Arc::new(Slot {
+                    path: Mutex::new(path.to_path_buf()),
+                    session: Mutex::new(None),
+                })
             })
-        });
+            .clone();
         *lock(&slot.path) = path.to_path_buf();
-        slot.clone()
+        if slots.len() > self.max {
+            self.evict(&mut slots, identity);
+        }
+        slot
+    }
+
+    /// Keeps at most [`Self::max`] namespaces with a session: the least
+    /// recently used ones not in use are closed, on a thread of their own
+    /// (an exit waits for the kernel's grace period).
+    fn evict(&self, slots: &mut HashMap<Identity, Arc<Slot>>, keep: Identity) {
+        // Empty slots (`None`) sort first, then by last use.
+        let mut idle: Vec<(Option<Instant>, Identity)> = Vec::new();
+        for (identity, slot) in slots.iter() {
+            if *identity == keep {
+                continue;
+            }
+            // Never blocks: a session in use is simply not a candidate.
+            if let Ok(guard) = slot.session.try_lock() {
+                idle.push((guard.as_ref().map(|s| s.last_used), *identity));
+            }
+        }
+        idle.sort();
+        let excess = slots.len().saturating_sub(self.max);
+        let mut closing = Vec::new();
+        for (_, identity) in idle.into_iter().take(excess) {
+            if let Some(slot) = slots.remove(&identity) {
+                if let Ok(mut guard) = slot.session.try_lock() {
+                    closing.extend(guard.take());
+                }
+            }
+        }
+        if !closing.is_empty() {
+            debug!(count = closing.len(), "nft sessions over the limit closed");
+            std::thread::spawn(move || closing.into_iter().for_each(Session::close));
+        }
     }
 
     /// Closes the session of the namespace at `path` (or last reached by

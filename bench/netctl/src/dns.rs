@@ -184,6 +184,7 @@ fn measure(
     }
     let put_took = started.elapsed();
     let rss_after = sbx_bench_support::usage::rss_bytes(pid)?;
+    let (sessions, sessions_pss) = nft_sessions(pid);
     // Queries from 8 of them at once, each a different slice of names.
     let server: SocketAddr = "127.0.0.1:53".parse()?;
     let per = 250;
@@ -220,11 +221,55 @@ fn measure(
         sandboxes,
         put_took.as_secs_f64()
     );
+    println!(
+        "  nft sessions alive after the PUTs: {sessions} (nft_sessions_max 64), {:.1} MB PSS in all",
+        sessions_pss as f64 / 1e6
+    );
     println!("  {answered} queries from 8 sandboxes at once (each held for its set write): {qps:.0} queries/s");
     for i in 0..sandboxes {
         let _ = daemon.call("DELETE", &format!("/v1/sandboxes/m{i}"), "");
     }
     Ok(())
+}
+
+/// How many `nft` children netctl (`pid`) runs, and their proportional
+/// set size in all (shared libraries counted once across them).
+fn nft_sessions(pid: u32) -> (usize, u64) {
+    let mut count = 0;
+    let mut pss = 0;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return (0, 0);
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(child) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // comm is in parentheses; the parent PID is the second field after it.
+        let Some((comm, rest)) = stat.split_once(") ") else {
+            continue;
+        };
+        let parent = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        if !comm.ends_with("(nft") || parent != Some(pid) {
+            continue;
+        }
+        count += 1;
+        if let Ok(rollup) = std::fs::read_to_string(format!("/proc/{child}/smaps_rollup")) {
+            pss += rollup
+                .lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or(0)
+                * 1024;
+        }
+    }
+    (count, pss)
 }
 
 /// One element through the open socket, against `nft add element` run per

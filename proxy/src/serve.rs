@@ -75,6 +75,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         resumer: resumer.clone(),
         forwarded_auth_ttl: Duration::from_secs(config.auth.forwarded_auth_ttl_secs),
+        max_header_bytes: limits.max_header_bytes,
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -456,6 +456,26 @@ impl World {
         world
     }
 
+    /// A "VM" namespace behind the sandbox's (203.0.113.64/26; the
+    /// sandbox's end, .65, forwards for it): its packets are forwarded
+    /// traffic, met where a microVM's tap traffic is. Returns the VM and
+    /// the sandbox's end of the link, the `iface` to PUT.
+    pub fn vm_behind_sandbox(&self) -> (Netns, String) {
+        let vm = Netns::new("ncv");
+        let (tap, _) = link(
+            &self.sandbox,
+            &["203.0.113.65/26"],
+            &vm,
+            &["203.0.113.66/26"],
+        );
+        vm.ip(&["route", "add", "default", "via", "203.0.113.65"]);
+        self.internet
+            .ip(&["route", "add", "203.0.113.64/26", "via", "192.0.2.2"]);
+        // Net sysctls follow the writer's namespace: this is the sandbox's own.
+        self.sandbox.sh("echo 1 > /proc/sys/net/ipv4/ip_forward");
+        (vm, tap)
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("netctl.sock")
     }

@@ -112,6 +112,12 @@ fn world_with_dns_args(args: &[String]) -> World {
     })
 }
 
+/// What dnsmasq logged (`--log-queries`), once it had time to write it.
+fn query_log(path: &std::path::Path) -> String {
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
 fn addr_of(a: &Answer) -> String {
     a.addrs
         .first()
@@ -211,8 +217,7 @@ fn two_resolvers_disagree_and_only_the_answer_the_sandbox_got_opens() {
     w.assert_reachable(V4_A);
     // What the other resolver would have said stays shut.
     w.assert_refused(V4_B);
-    std::thread::sleep(Duration::from_millis(200));
-    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    let logged = query_log(&log);
     assert!(
         !logged.contains("app.test"),
         "the sandbox's query reached the resolver it addressed: {logged}"
@@ -227,13 +232,7 @@ fn a_vm_behind_the_tap_is_answered_and_judged_the_same() {
     // A "VM" behind the sandbox namespace: its queries are forwarded
     // traffic, redirected in prerouting on the tap (`dns_in`).
     let w = World::new();
-    let vm = sbx_tests::netns::Netns::new("ncv");
-    let (tap, _) =
-        sbx_tests::netns::link(&w.sandbox, &["203.0.113.65/26"], &vm, &["203.0.113.66/26"]);
-    vm.ip(&["route", "add", "default", "via", "203.0.113.65"]);
-    w.internet
-        .ip(&["route", "add", "203.0.113.64/26", "via", "192.0.2.2"]);
-    w.sandbox.sh("echo 1 > /proc/sys/net/ipv4/ip_forward");
+    let (vm, tap) = w.vm_behind_sandbox();
     w.dns
         .set_records(&[(V4_A, "app.cdn.test"), (V4_B, "other.test")]);
     let body = format!(
@@ -454,8 +453,7 @@ fn allowlist_mode_never_forwards_unlisted_names() {
     let a = ask(&w, RESOLVER, "allowed.test", RecordType::A);
     assert_eq!(addr_of(&a), V4_A);
     w.assert_reachable(V4_A);
-    std::thread::sleep(Duration::from_millis(200));
-    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    let logged = query_log(&log);
     assert!(
         logged.contains("allowed.test"),
         "the allowed name was asked upstream: {logged}"

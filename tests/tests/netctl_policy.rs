@@ -242,14 +242,7 @@ fn forwarded_traffic_from_iface_is_judged_too() {
     // A "VM" behind the sandbox namespace: its packets are forwarded, so
     // they meet the forward hook, not output.
     let w = World::new();
-    let vm = sbx_tests::netns::Netns::new("ncv");
-    let (sb_if, _) =
-        sbx_tests::netns::link(&w.sandbox, &["203.0.113.65/26"], &vm, &["203.0.113.66/26"]);
-    vm.ip(&["route", "add", "default", "via", "203.0.113.65"]);
-    w.internet
-        .ip(&["route", "add", "203.0.113.64/26", "via", "192.0.2.2"]);
-    // Net sysctls follow the writer's namespace: this is the sandbox's own.
-    w.sandbox.sh("echo 1 > /proc/sys/net/ipv4/ip_forward");
+    let (vm, sb_if) = w.vm_behind_sandbox();
     let body = format!(
         r#"{{"netns":"{}","iface":"{sb_if}","network":{{"deny_out":["{V4_A}"]}}}}"#,
         w.sandbox.name()

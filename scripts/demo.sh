@@ -274,6 +274,11 @@ START=$(date +%s%N)
 sdk "i = c.update_sandbox('$SANDBOX', network=NetworkConfig(allow_internet_access=False))
 print(f'      update_sandbox(network=...) → network_policy={i.network_policy}')"
 ok "applied in $(ms_since "$START") ms (SDK → sbx-proxy → netctl → nftables)"
+SANDBOX_NETNS_ID=$(ip netns exec "$SANDBOX_NS" readlink /proc/self/ns/net)
+NFT_SESSION=$(for p in $(pgrep -x nft); do
+  [ "$(readlink "/proc/$p/ns/net" 2>/dev/null)" = "$SANDBOX_NETNS_ID" ] && echo "$p"; done | head -1)
+[ -n "$NFT_SESSION" ] || fail "no nft session in the sandbox's namespace"
+info "netctl changes rules through one nft kept open in the sandbox's namespace (pid $NFT_SESSION): no process start, no wait for the kernel at exit"
 OUT=$(in_host "$BIN/sbx" exec "$AGENT" "${AUTH[@]}" -- bash -c "$TIMED" http://203.0.113.10/ 2>&1) \
   && fail "still reachable" || ok "curl http://203.0.113.10/ now refused: $OUT"
 info "a policy naming a domain that does not resolve is refused, and nothing changes:"
@@ -292,6 +297,7 @@ kill "$TUNNEL_PID" 2>/dev/null || true
 START=$(date +%s%N)
 netctl netns delete "$SANDBOX" >/dev/null
 ok "netctl netns delete $SANDBOX: $(ms_since "$START") ms"
+kill -0 "$NFT_SESSION" 2>/dev/null && fail "nft session $NFT_SESSION outlived its sandbox" || ok "its nft session ended with it"
 ip netns list | grep -q "^$SANDBOX_NS" && fail "namespace still there" || ok "namespace $SANDBOX_NS is gone"
 in_host ip -br link | grep -q "^dsb" && fail "host link left behind" || ok "no sandbox link left on the host"
 in_host nft list tables | grep -q sbx_netctl_host && fail "host table left behind" || ok "no netctl table left on the host"

@@ -253,10 +253,15 @@ impl Nft {
             return match self.through_session(sessions, netns, vec![json]).await? {
                 Ok(mut answers) => {
                     let answer = answers.pop().unwrap_or_default();
-                    // Only the JSON line: nothing else nft may have said.
-                    Ok(Some(answer.find('{').map_or(answer.clone(), |at| {
-                        answer[at..].trim_end().to_owned()
-                    })))
+                    listing_line(&answer)
+                        .map(Some)
+                        .ok_or_else(|| NftError::Nft {
+                            netns: netns.to_path_buf(),
+                            message: format!(
+                                "nft listed no table: {}",
+                                first_line(&answer).chars().take(200).collect::<String>()
+                            ),
+                        })
                 }
                 Err(SessionError::Refused(m)) if m.contains(NFT_NOT_FOUND) => Ok(None),
                 Err(SessionError::Refused(message) | SessionError::Broken(message)) => {
@@ -347,6 +352,18 @@ fn run(program: &str, args: &[&str], stdin: Option<String>) -> Result<String, Ru
     )))
 }
 
+/// The line of an nft answer that is its JSON listing (it starts with
+/// nft's `metainfo`), and nothing else nft may have written: a build with
+/// GNU readline echoes its input, our request among it.
+fn listing_line(answer: &str) -> Option<String> {
+    answer
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with('{') && l.contains("\"metainfo\""))
+        .find(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+        .map(str::to_owned)
+}
+
 /// The first non-empty line a tool wrote to stderr: what our errors quote.
 pub(crate) fn first_line(stderr: &str) -> &str {
     stderr
@@ -380,6 +397,14 @@ fn parse_counters(raw: &str) -> Result<Counters, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_listing_is_the_line_nft_wrote() {
+        let answer = "nft> {\"nftables\":[{\"list\":{\"table\":{\"family\":\"inet\",\"name\":\"t\"}}}]}\n{\"nftables\": [{\"metainfo\": {\"version\": \"1.0.6\"}}, {\"table\": {\"family\": \"inet\", \"name\": \"t\"}}]}\n";
+        let line = super::listing_line(answer).unwrap();
+        assert!(line.starts_with("{\"nftables\": [{\"metainfo\""), "{line}");
+        assert!(super::listing_line("Error: nothing\n").is_none());
+    }
+
     #[test]
     fn parses_named_counters() {
         let raw = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},

@@ -297,6 +297,7 @@ kill "$TUNNEL_PID" 2>/dev/null || true
 START=$(date +%s%N)
 netctl netns delete "$SANDBOX" >/dev/null
 ok "netctl netns delete $SANDBOX: $(ms_since "$START") ms"
+for _ in $(seq 20); do kill -0 "$NFT_SESSION" 2>/dev/null || break; sleep 0.1; done
 kill -0 "$NFT_SESSION" 2>/dev/null && fail "nft session $NFT_SESSION outlived its sandbox" || ok "its nft session ended with it"
 ip netns list | grep -q "^$SANDBOX_NS" && fail "namespace still there" || ok "namespace $SANDBOX_NS is gone"
 in_host ip -br link | grep -q "^dsb" && fail "host link left behind" || ok "no sandbox link left on the host"

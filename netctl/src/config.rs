@@ -31,8 +31,8 @@ pub struct Config {
     /// one `nft` per change instead.
     #[serde(default = "default_nft_session_idle_secs")]
     pub nft_session_idle_secs: u64,
-    /// The most sandbox namespaces with such an nft at once (each idle one
-    /// holds about 0.5 MiB); the least recently used beyond it are closed.
+    /// The most sandbox namespaces with such an nft at once (each holds
+    /// about 2 MB once used); the least recently used beyond it are closed.
     #[serde(default = "default_nft_sessions_max")]
     pub nft_sessions_max: usize,
     #[serde(default)]
@@ -238,7 +238,7 @@ fn default_nft_session_idle_secs() -> u64 {
 }
 
 fn default_nft_sessions_max() -> usize {
-    64
+    16
 }
 fn default_min_ttl() -> u64 {
     5

@@ -222,7 +222,7 @@ fn measure(
         put_took.as_secs_f64()
     );
     println!(
-        "  nft sessions alive after the PUTs: {sessions} (nft_sessions_max 64), {:.1} MB PSS in all",
+        "  nft sessions alive after the PUTs: {sessions} (nft_sessions_max 16), {:.1} MB PSS in all",
         sessions_pss as f64 / 1e6
     );
     println!("  {answered} queries from 8 sandboxes at once (each held for its set write): {qps:.0} queries/s");

@@ -502,5 +502,20 @@ fn reconcile_figures(cli: &Cli, netctl: &std::path::Path, dir: &std::path::Path)
         ms(full_start)
     );
     drop(daemon);
+    // The same restart with one nft per change (no sessions).
+    for ns in &namespaces {
+        ns.exec("nft", &["delete", "table", "inet", "sbx_netctl"])?;
+    }
+    let (plain, plain_start) = Daemon::start_with(
+        netctl,
+        &state,
+        "reconcile_concurrency = 8\nnft_session_idle_secs = 0\n[dns]\nupstreams = [\"192.0.2.53\"]\n",
+        None,
+    )?;
+    println!(
+        "  baseline: the same, one nft per change          {}",
+        ms(plain_start)
+    );
+    drop(plain);
     Ok(())
 }

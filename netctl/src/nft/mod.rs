@@ -94,8 +94,8 @@ impl Nft {
         }
     }
 
-    /// Closes the session in the namespace at `netns`, if any, and waits
-    /// for its nft to exit: a session's nft keeps its namespace alive.
+    /// Closes the session in the namespace at `netns`, if any: a session's
+    /// nft keeps its namespace alive. It exits moments later, off this path.
     pub async fn release(&self, netns: &Path) {
         let Some(sessions) = self.sessions.clone() else {
             return;

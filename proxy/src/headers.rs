@@ -30,8 +30,14 @@ const HOP_BY_HOP: [&str; 6] = [
 /// request line and every `name: value\r\n` (HTTP/2 sizes its header list
 /// the same way, RFC 9113 6.5.2, plus 32 per field, left out here).
 pub fn head_bytes<B>(request: &http::Request<B>) -> usize {
+    // The target as written: origin form, or absolute form (HTTP/2's
+    // :scheme and :authority), measured without writing it out.
+    let uri = request.uri();
+    let target = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(1, |p| p.as_str().len());
     // Two spaces, "HTTP/1.1" and CRLF around the method and target.
-    let line = request.method().as_str().len() + request.uri().to_string().len() + 12;
+    let line = request.method().as_str().len() + target + 12;
     request
         .headers()
         .iter()
@@ -208,6 +214,13 @@ mod tests {
             .unwrap();
         // "GET /a?b=c HTTP/1.1\r\n" + "host: 8080-web.sbx.test\r\n" + "x-big: " 1000 "\r\n"
         assert_eq!(head_bytes(&request), 21 + 25 + 1009);
+        let absolute = http::Request::get("https://web.sbx.test/a?b=c")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            head_bytes(&absolute),
+            "GET https://web.sbx.test/a?b=c HTTP/1.1\r\n".len()
+        );
     }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {

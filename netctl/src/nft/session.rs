@@ -215,10 +215,7 @@ impl Session {
 /// nft prints under a quoted line is dropped when it starts the next
 /// answer, so a version that prints none is no different.
 fn take_answer(pending: &mut Vec<u8>, marker: &str) -> Option<Vec<u8>> {
-    let text = std::str::from_utf8(pending)
-        .ok()
-        .map(str::to_owned)
-        .unwrap_or_else(|| String::from_utf8_lossy(pending).into_owned());
+    let text = String::from_utf8_lossy(pending).into_owned();
     let mut offset = 0;
     let mut header_start = 0;
     let mut quoted = None;

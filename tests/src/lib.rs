@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod bins;
+pub mod dns_client;
 pub mod egress_gen;
 pub mod egress_reference;
 pub mod netctl_support;

@@ -59,15 +59,13 @@ fn an_answer_whose_addresses_cannot_be_written_is_servfail() {
     w.assert_refused(V4_B);
 }
 
-#[test]
-fn an_answer_held_past_its_bound_is_servfail_not_late() {
-    if !require_netns() {
-        return;
-    }
-    let w = World::new();
+/// 1,000 names under `domain`, each answered with an address of its own
+/// (the internet namespace answers on all of 198.18.0.0/22), so every
+/// answer needs a set write of its own.
+fn thousand_names(w: &World, domain: &str) -> Vec<String> {
     w.internet
         .ip(&["route", "add", "local", "198.18.0.0/22", "dev", "lo"]);
-    let names: Vec<String> = (0..1000).map(|i| format!("n{i}.hold.test")).collect();
+    let names: Vec<String> = (0..1000).map(|i| format!("n{i}.{domain}")).collect();
     let addrs: Vec<String> = (0..1000)
         .map(|i| format!("198.18.{}.{}", i / 250, i % 250 + 1))
         .collect();
@@ -77,6 +75,16 @@ fn an_answer_held_past_its_bound_is_servfail_not_late() {
         .map(|(a, n)| (a.as_str(), n.as_str()))
         .collect();
     w.dns.set_records(&records);
+    names
+}
+
+#[test]
+fn an_answer_held_past_its_bound_is_servfail_not_late() {
+    if !require_netns() {
+        return;
+    }
+    let w = World::new();
+    let names = thousand_names(&w, "hold.test");
     w.put_ok(
         "sb",
         r#"{"allow_internet_access": false, "allow_out": ["*.hold.test"]}"#,
@@ -188,20 +196,8 @@ fn every_answer_is_in_force_before_the_client_sees_it() {
         .expect("old connection still answers");
 
     // 1,000 rounds of query-then-connect-at-once, each name on an address
-    // of its own (the internet namespace answers on all of 198.18.0.0/22),
-    // so every round waits for its own set write.
-    w.internet
-        .ip(&["route", "add", "local", "198.18.0.0/22", "dev", "lo"]);
-    let names: Vec<String> = (0..1000).map(|i| format!("n{i}.rotate.test")).collect();
-    let addrs: Vec<String> = (0..1000)
-        .map(|i| format!("198.18.{}.{}", i / 250, i % 250 + 1))
-        .collect();
-    let records: Vec<(&str, &str)> = addrs
-        .iter()
-        .zip(&names)
-        .map(|(a, n)| (a.as_str(), n.as_str()))
-        .collect();
-    w.dns.set_records(&records);
+    // of its own, so every round waits for its own set write.
+    let names = thousand_names(&w, "rotate.test");
     std::thread::sleep(Duration::from_millis(300));
     let query_names = names.clone();
     let failures = w.probe.run(move || {

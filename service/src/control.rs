@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
+pub use hyper::body::Bytes;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use sbx_proto::ErrorBody;

@@ -1,0 +1,66 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use sbx_host::cli::{Cli, Command};
+use sbx_host::config::LogFormat;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match &cli.command {
+        Command::Serve { config } => match sbx_host::serve::load(config) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("sbx-host: {}", one_line(&e));
+                return ExitCode::FAILURE;
+            }
+        },
+        Command::Sandbox(_) => None,
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SBX_HOST_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if config.is_some() { "info" } else { "warn" })
+    });
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.as_ref().map(|c| c.log_format) {
+        Some(LogFormat::Json) => fmt.json().init(),
+        _ => fmt.init(),
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sbx-host: start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match (cli.command, config) {
+            (Command::Serve { .. }, Some(config)) => sbx_host::serve::serve(config).await,
+            (Command::Sandbox(cmd), _) => sbx_host::cli::run_client(&cli.socket, cmd).await,
+            (Command::Serve { .. }, None) => unreachable!("serve always has a config"),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sbx-host: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !line.contains(&c) {
+            line.push_str(": ");
+            line.push_str(&c);
+        }
+    }
+    line
+}

@@ -6,6 +6,7 @@ pub mod bins;
 pub mod dns_client;
 pub mod egress_gen;
 pub mod egress_reference;
+pub mod host_support;
 pub mod netctl_support;
 pub mod netns;
 pub mod process;

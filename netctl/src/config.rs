@@ -14,6 +14,11 @@ use crate::ruleset::{MarkBits, Refusal};
 /// never needs it and it is the classic way out of one.
 pub const DEFAULT_ALWAYS_DENY: [&str; 2] = ["169.254.0.0/16", "fe80::/10"];
 
+/// Where a microVM guest lives behind its tap: a /30 outside the default
+/// pool (QEMU's user networking uses 10.0.2.0/24 the same way: a private
+/// network every guest sees alike).
+pub const DEFAULT_GUEST_IPV4: &str = "10.0.2.2/30";
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -115,6 +120,13 @@ pub struct SetupConfig {
     /// Name of the tap device made inside a namespace on request.
     #[serde(default = "default_tap_name")]
     pub tap_name: String,
+    /// The address (and prefix) of the microVM guest behind a tap: the
+    /// same in every sandbox, so a guest snapshot runs in any of them. The
+    /// tap gets the other host address of that network (the guest's
+    /// gateway); the sandbox's namespace translates to and from its own
+    /// address (see `setup::guest_table`).
+    #[serde(default = "default_guest_ipv4")]
+    pub guest_ipv4: String,
 }
 
 impl Default for SetupConfig {
@@ -127,6 +139,7 @@ impl Default for SetupConfig {
             ipv6_pool: default_ipv6_pool(),
             uplink: String::new(),
             tap_name: default_tap_name(),
+            guest_ipv4: default_guest_ipv4(),
         }
     }
 }
@@ -148,6 +161,9 @@ fn default_ipv6_pool() -> String {
 }
 fn default_tap_name() -> String {
     "tap0".to_owned()
+}
+fn default_guest_ipv4() -> String {
+    DEFAULT_GUEST_IPV4.to_owned()
 }
 
 #[derive(Debug, Clone, Deserialize)]

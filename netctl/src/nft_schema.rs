@@ -1,7 +1,8 @@
 //! Small constructors for the nftables crate's typed schema, shared by the
-//! sandbox ruleset (`ruleset`) and netctl's host table (`setup::host_table`).
-//! Both tables are `inet`; every value here is a constant or comes from a
-//! validated type, never from request text.
+//! sandbox ruleset (`ruleset`), netctl's host table (`setup::host_table`)
+//! and a microVM guest's NAT table (`setup::guest_table`). The first two
+//! are `inet` ([`FAMILY`]); the `_of` forms take a family. Every value here
+//! is a constant or comes from a validated type, never from request text.
 
 use std::borrow::Cow;
 
@@ -18,16 +19,24 @@ use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 pub const FAMILY: NfFamily = NfFamily::INet;
 
 pub fn table(name: &'static str) -> Table<'static> {
+    table_of(FAMILY, name)
+}
+
+pub fn table_of(family: NfFamily, name: &'static str) -> Table<'static> {
     Table {
-        family: FAMILY,
+        family,
         name: name.into(),
         handle: None,
     }
 }
 
 pub fn chain(table: &'static str, name: &'static str) -> Chain<'static> {
+    chain_of(FAMILY, table, name)
+}
+
+pub fn chain_of(family: NfFamily, table: &'static str, name: &'static str) -> Chain<'static> {
     Chain {
-        family: FAMILY,
+        family,
         table: table.into(),
         name: name.into(),
         ..Chain::default()
@@ -42,12 +51,23 @@ pub fn base_chain(
     kind: NfChainType,
     prio: i32,
 ) -> Chain<'static> {
+    base_chain_of(FAMILY, table, name, hook, kind, prio)
+}
+
+pub fn base_chain_of(
+    family: NfFamily,
+    table: &'static str,
+    name: &'static str,
+    hook: NfHook,
+    kind: NfChainType,
+    prio: i32,
+) -> Chain<'static> {
     Chain {
         _type: Some(kind),
         hook: Some(hook),
         prio: Some(prio),
         policy: Some(NfChainPolicy::Accept),
-        ..chain(table, name)
+        ..chain_of(family, table, name)
     }
 }
 
@@ -56,8 +76,17 @@ pub fn rule(
     chain: &'static str,
     expr: Vec<Statement<'static>>,
 ) -> NfListObject<'static> {
+    rule_of(FAMILY, table, chain, expr)
+}
+
+pub fn rule_of(
+    family: NfFamily,
+    table: &'static str,
+    chain: &'static str,
+    expr: Vec<Statement<'static>>,
+) -> NfListObject<'static> {
     NfListObject::Rule(Rule {
-        family: FAMILY,
+        family,
         table: table.into(),
         chain: chain.into(),
         expr: Cow::Owned(expr),
@@ -70,9 +99,13 @@ pub fn rule(
 /// Removes a table whether or not it is there, in one transaction: adding
 /// it first means the delete always finds it.
 pub fn remove_table(name: &'static str) -> Nftables<'static> {
+    remove_table_of(FAMILY, name)
+}
+
+pub fn remove_table_of(family: NfFamily, name: &'static str) -> Nftables<'static> {
     let mut batch = Batch::new();
-    batch.add(NfListObject::Table(table(name)));
-    batch.delete(NfListObject::Table(table(name)));
+    batch.add(NfListObject::Table(table_of(family, name)));
+    batch.delete(NfListObject::Table(table_of(family, name)));
     batch.to_nftables()
 }
 

@@ -17,10 +17,14 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -43,6 +47,14 @@ pub const INTERNET_V6: &str = "2001:db8:1::1";
 /// check the arithmetic of the view).
 pub const IPV4_POOL: &str = "10.200.0.0/16";
 pub const IPV6_POOL: &str = "fd00:5b::/48";
+
+/// A microVM guest's address behind every tap (netctl's default
+/// `guest_ipv4`), and its gateway, the tap's address.
+pub const GUEST_V4: &str = "10.0.2.2";
+pub const GUEST_GATEWAY_V4: &str = "10.0.2.1";
+pub const GUEST_PREFIX: u8 = 30;
+/// The table netctl puts in a tap sandbox's namespace for its guest.
+pub const GUEST_TABLE: &str = "sbx_netctl_guest";
 
 /// Names the DNS server in the internet namespace answers.
 pub const ALLOWED_NAME: &str = "allowed.test";
@@ -261,8 +273,17 @@ impl SetupWorld {
         assert_eq!(s.gateway6.as_deref(), Some(gw6.as_str()), "{view}");
         if tap {
             assert_eq!(s.tap.as_deref(), Some("tap0"), "{view}");
+            assert_eq!(
+                s.guest,
+                Some(GuestView {
+                    ipv4: format!("{GUEST_V4}/{GUEST_PREFIX}"),
+                    gateway4: GUEST_GATEWAY_V4.to_owned(),
+                }),
+                "{view}"
+            );
         } else {
             assert_eq!(s.tap, None, "{view}");
+            assert_eq!(s.guest, None, "{view}");
         }
         assert!(
             Path::new(&s.netns_path).exists(),
@@ -303,6 +324,15 @@ pub struct SetupView {
     pub ipv6: Option<String>,
     pub gateway6: Option<String>,
     pub tap: Option<String>,
+    /// The microVM guest's addressing behind the tap (only with a tap).
+    pub guest: Option<GuestView>,
+}
+
+/// The `setup.guest` object of a sandbox view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestView {
+    pub ipv4: String,
+    pub gateway4: String,
 }
 
 impl SetupView {
@@ -333,6 +363,25 @@ impl SetupView {
             ipv6: opt("ipv6"),
             gateway6: opt("gateway6"),
             tap: opt("tap"),
+            guest: match &s["guest"] {
+                Value::Null => None,
+                g => {
+                    let field = |k: &str| {
+                        g[k].as_str()
+                            .unwrap_or_else(|| panic!("setup.guest.{k} is not a string: {view}"))
+                            .to_owned()
+                    };
+                    assert_eq!(
+                        g.as_object().map(|o| o.len()),
+                        Some(2),
+                        "setup.guest has exactly ipv4 and gateway4: {view}"
+                    );
+                    Some(GuestView {
+                        ipv4: field("ipv4"),
+                        gateway4: field("gateway4"),
+                    })
+                }
+            },
         }
     }
 
@@ -678,4 +727,223 @@ pub fn echo_on(ns_path: &str, port: u16) -> EchoServer {
 pub fn read_in_netns(ns: &str, path: &str) -> String {
     let out = crate::netns::run(Command::new("ip").args(["netns", "exec", ns, "cat", path]));
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Whether the namespace `ns` has a link named `dev`.
+pub fn netns_has_link(ns: &str, dev: &str) -> bool {
+    Command::new("ip")
+        .args(["-n", ns, "link", "show", "dev", dev])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// The IPv4 addresses (`address/len`) on `dev` inside the namespace `ns`.
+pub fn ipv4_addresses(ns: &str, dev: &str) -> Vec<String> {
+    let out = crate::netns::run(
+        Command::new("ip").args(["-n", ns, "-j", "-4", "addr", "show", "dev", dev]),
+    );
+    let links: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(Vec::new()));
+    let mut addrs: Vec<String> = links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap_or("?"), a["prefixlen"]))
+        .collect();
+    addrs.sort();
+    addrs
+}
+
+/// `nft -j list table ip sbx_netctl_guest` inside the namespace `ns`,
+/// reduced to what the table means: each chain as `[name, type, hook,
+/// prio]` and each rule as `[chain, expr]`, in listing order. `None` when
+/// the table is not there.
+pub fn guest_table(ns: &str) -> Option<Value> {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "nft",
+            "-j",
+            "list",
+            "table",
+            "ip",
+            GUEST_TABLE,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run nft");
+    if !out.status.success() {
+        return None;
+    }
+    let listing: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "nft listing is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    let mut reduced = Vec::new();
+    for item in listing["nftables"].as_array().into_iter().flatten() {
+        if let Some(c) = item.get("chain") {
+            reduced
+                .push(serde_json::json!({"chain": [c["name"], c["type"], c["hook"], c["prio"]]}));
+        } else if let Some(r) = item.get("rule") {
+            reduced.push(serde_json::json!({"rule": [r["chain"], r["expr"]]}));
+        }
+    }
+    Some(Value::Array(reduced))
+}
+
+/// What [`guest_table`] must list for a sandbox at `sandbox_v4` whose
+/// guest's agent port is `port`.
+pub fn expected_guest_table(sandbox_v4: &str, port: u16) -> Value {
+    serde_json::json!([
+        {"chain": ["prerouting", "nat", "prerouting", -100]},
+        {"chain": ["postrouting", "nat", "postrouting", 100]},
+        {"rule": ["prerouting", [
+            {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "eth0"}},
+            {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": sandbox_v4}},
+            {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": port}},
+            {"dnat": {"addr": GUEST_V4}}
+        ]]},
+        {"rule": ["postrouting", [
+            {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "eth0"}},
+            {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": GUEST_V4}},
+            {"snat": {"addr": sandbox_v4}}
+        ]]}
+    ])
+}
+
+/// A stand-in for the microVM on a sandbox's tap, without a VM: a "guest"
+/// namespace with a tap of its own, wired frame for frame to the sandbox's
+/// tap (both opened with TUNSETIFF; a thread copies Ethernet frames between
+/// the two descriptors, as a VMM's virtio-net backend does). The guest's
+/// kernel then talks through the sandbox's tap exactly as a guest would:
+/// ARP, its address, its default route via the tap's address.
+pub struct GuestWire {
+    stop: Arc<AtomicBool>,
+    copier: Option<JoinHandle<()>>,
+    /// The guest's namespace (its tap is `gtap0`).
+    pub ns: Netns,
+}
+
+/// The guest's NIC inside its namespace.
+const GUEST_NIC: &str = "gtap0";
+
+impl GuestWire {
+    /// Attaches to `tap` in the sandbox namespace at `sandbox_ns_path` and
+    /// gives the guest `address/prefix` with a default route via `gateway`.
+    pub fn attach(sandbox_ns_path: &str, tap: &str, address: &str, gateway: &str) -> Self {
+        let ns = Netns::new("stg");
+        // IPv4 only, like the guest netctl plans for; no IPv6 chatter.
+        ns.sh("echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6; echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6");
+        let tap_name = tap.to_owned();
+        let outer = in_netns(sandbox_ns_path, move || open_tap(&tap_name));
+        let inner = in_netns(&ns.path(), || open_tap(GUEST_NIC));
+        ns.ip(&["addr", "add", address, "dev", GUEST_NIC]);
+        ns.ip(&["link", "set", GUEST_NIC, "up"]);
+        ns.ip(&["route", "add", "default", "via", gateway]);
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let copier = std::thread::spawn(move || copy_frames(&outer, &inner, &flag));
+        Self {
+            stop,
+            copier: Some(copier),
+            ns,
+        }
+    }
+}
+
+impl Drop for GuestWire {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.copier.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// `struct ifreq` as TUNSETIFF reads it.
+#[repr(C)]
+struct IfReq {
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// Opens (attaching to, or creating) tap `name` in this thread's namespace,
+/// non-blocking, single queue, no packet information header: the flags
+/// netctl made its tap with.
+fn open_tap(name: &str) -> fs::File {
+    let tun = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/net/tun")
+        .expect("open /dev/net/tun");
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short,
+        _pad: [0; 22],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: `req` is an initialised ifreq that outlives the call; the fd
+    // is open.
+    let rc = unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &mut req) };
+    assert!(
+        rc == 0,
+        "TUNSETIFF {name}: {}",
+        std::io::Error::last_os_error()
+    );
+    tun
+}
+
+/// Copies every frame each side sends to the other until `stop`.
+fn copy_frames(a: &fs::File, b: &fs::File, stop: &AtomicBool) {
+    let mut buf = vec![0u8; 65_536];
+    while !stop.load(Ordering::Relaxed) {
+        let mut fds = [
+            libc::pollfd {
+                fd: a.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: b.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid array of two pollfds for the call.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, 50) };
+        if ready <= 0 {
+            continue;
+        }
+        for (from, to, revents) in [(a, b, fds[0].revents), (b, a, fds[1].revents)] {
+            if revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+                return;
+            }
+            if revents & libc::POLLIN == 0 {
+                continue;
+            }
+            let mut reader = from;
+            let mut writer = to;
+            loop {
+                match reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        // A frame the other side cannot take is lost, as
+                        // on a wire.
+                        let _ = writer.write(&buf[..n]);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(_) => return,
+                }
+            }
+        }
+    }
 }

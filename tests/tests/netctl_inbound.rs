@@ -190,7 +190,9 @@ fn allow_from_in_the_config_replaces_the_host_end() {
         "[ingress]\nallow_from = [\"{INTERNET_V4}\", \"{INTERNET_V6}/128\"]\n"
     ));
     route_internet_to_pools(&w);
-    let view = w.create("cfg", true, None);
+    // No tap: with one, the agent's port at the sandbox's address is the
+    // microVM guest's (netctl's guest NAT), not a process's in the namespace.
+    let view = w.create("cfg", false, None);
     assert_eq!(view["ingress"]["from"], "config", "{view}");
     let s = SetupView::from_view(&view);
     let _agent = echo_on(&s.netns_path, AGENT_PORT);
@@ -207,10 +209,11 @@ fn allow_from_in_the_config_replaces_the_host_end() {
         assert_refused_fast(&host, at(ip, AGENT_PORT), "host (not listed) -> agent port");
     }
     // With a tap, what goes toward it is judged by the same rules.
+    let vm = SetupView::from_view(&w.create("cfgvm", true, None));
     let out = sbx_tests::netns::run(std::process::Command::new("ip").args([
         "netns",
         "exec",
-        &s.netns,
+        &vm.netns,
         "nft",
         "list",
         "chain",
@@ -224,6 +227,7 @@ fn allow_from_in_the_config_replaces_the_host_end() {
             && chain.contains("iifname \"tap0\" jump policy"),
         "{chain}"
     );
+    w.delete("cfgvm");
     w.delete("cfg");
 }
 

@@ -7,6 +7,10 @@
 //! - a sandbox reaches the internet under its policy, and never another
 //!   sandbox;
 //! - PUT is idempotent, bad input touches nothing, the CLI and tap work;
+//! - a microVM guest behind the tap (emulated: a namespace wired to the
+//!   tap) is the sandbox's address: reached on the agent's port from the
+//!   allowed sources only, leaving with that address, under the policy,
+//!   its DNS answered by netctl; its NAT is repaired and removed with the tap;
 //! - a daemon killed mid-create is cleaned up after its restart.
 
 use std::collections::BTreeSet;
@@ -17,6 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use sbx_tests::dns_client::{ask_from, NOWHERE};
 use sbx_tests::netctl_support::{in_netns, netctl_cli};
 use sbx_tests::netns::require_netns;
 use sbx_tests::setup_support::*;
@@ -322,22 +327,8 @@ fn retry_ok(ns_path: &str, addr: SocketAddr, within: Duration) -> (Outcome, Dura
 /// The source address a connection from the sandbox arrives with in the
 /// internet namespace.
 fn peer_seen_by_internet(w: &SetupWorld, sandbox: &str) -> IpAddr {
-    let listener = in_netns(&w.internet.path(), || {
-        TcpListener::bind((V4_C, 9100)).expect("bind in internet")
-    });
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        if let Ok((_, peer)) = listener.accept() {
-            let _ = tx.send(peer.ip());
-        }
-    });
-    let target = SocketAddr::new(V4_C.parse().expect("ip"), 9100);
-    in_netns(sandbox, move || {
-        std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2))
-            .expect("connect from sandbox to the internet")
-    });
-    rx.recv_timeout(Duration::from_secs(2))
-        .expect("internet saw the connection")
+    let server = SocketAddr::new(V4_C.parse().expect("ip"), 9100);
+    peer_seen_in(&w.internet.path(), sandbox, server)
 }
 
 #[test]
@@ -542,6 +533,17 @@ fn tap_sandbox_has_its_tap_and_forwarding() {
         table.contains("tap0"),
         "forward rules name the tap: {table}"
     );
+    assert_eq!(
+        ipv4_addresses(&s.netns, "tap0"),
+        [format!("{GUEST_GATEWAY_V4}/{GUEST_PREFIX}")],
+        "the tap carries the guest's gateway"
+    );
+    assert_eq!(
+        guest_table(&s.netns),
+        Some(expected_guest_table(&s.ipv4_addr().to_string(), AGENT_PORT)),
+        "the guest's NAT in {}",
+        s.netns
+    );
 
     // Without tap: no tap0.
     let plain = SetupView::from_view(&w.create("plain", false, None));
@@ -552,11 +554,195 @@ fn tap_sandbox_has_its_tap_and_forwarding() {
         .status()
         .expect("ip");
     assert!(!out.success(), "a plain sandbox has no tap0");
+    assert_eq!(
+        guest_table(&plain.netns),
+        None,
+        "a plain sandbox has no guest NAT"
+    );
 
     w.delete("vm");
     w.delete("plain");
     w.snapshot()
         .assert_same(&before, "after tap sandbox deleted");
+}
+
+/// What a microVM guest on the tap gets: the sandbox's address, in and out.
+/// The guest is a namespace wired frame for frame to the sandbox's tap
+/// ([`GuestWire`]), so its traffic takes the path a VM's would.
+#[test]
+fn a_guest_behind_the_tap_is_the_sandbox_address() {
+    if !require_netns() {
+        return;
+    }
+    let mut w = SetupWorld::new();
+    let before = w.snapshot();
+    // Naming a domain puts the sandbox's DNS (and its guest's) through
+    // netctl's forwarder.
+    let policy = format!(r#"{{"deny_out": ["{DENIED_NAME}"]}}"#);
+    let s = SetupView::from_view(&w.create("vm", true, Some(&policy)));
+    let sandbox_v4 = s.ipv4_addr();
+    let nat = expected_guest_table(&sandbox_v4.to_string(), AGENT_PORT);
+    let gateway_on_tap = vec![format!("{GUEST_GATEWAY_V4}/{GUEST_PREFIX}")];
+    assert_eq!(ipv4_addresses(&s.netns, "tap0"), gateway_on_tap);
+    assert_eq!(guest_table(&s.netns).as_ref(), Some(&nat));
+
+    let guest = GuestWire::attach(
+        &s.netns_path,
+        "tap0",
+        &format!("{GUEST_V4}/{GUEST_PREFIX}"),
+        GUEST_GATEWAY_V4,
+    );
+    let guest_path = guest.ns.path();
+    let _agent = echo_on(&guest_path, AGENT_PORT);
+    let at = |ip: &str, port: u16| SocketAddr::new(ip.parse().expect("ip"), port);
+
+    // In: the host (the allowed source, the host end of the link) reaches
+    // the guest's agent at the sandbox's own address.
+    let agent = SocketAddr::new(IpAddr::V4(sandbox_v4), AGENT_PORT);
+    let (outcome, _) = retry_ok(&w.host.path(), agent, Duration::from_secs(5));
+    assert_eq!(
+        outcome,
+        Outcome::Ok,
+        "host -> guest agent at {agent}\n{}",
+        w.log_tail()
+    );
+    // Anyone else is refused, fast, though the address translation would
+    // take them there too: the inbound chain judges the forwarded packet.
+    w.internet.ip(&["route", "add", IPV4_POOL, "via", HOST_V4]);
+    let (outcome, took) = probe_from(&w.internet.path(), agent, Duration::from_secs(2));
+    assert!(
+        matches!(outcome, Outcome::Refused(_)),
+        "internet -> guest agent at {agent}: {outcome:?}"
+    );
+    assert!(took < Duration::from_millis(500), "refusal took {took:?}");
+    let counters = w.api().call("GET", "/v1/sandboxes/vm", None).json()["counters"].clone();
+    assert!(
+        counters["inbound_refused"].as_u64().unwrap_or(0) > 0,
+        "the refusal was the inbound rules': {counters}"
+    );
+
+    // Out: the guest reaches the internet under the sandbox's policy...
+    let (outcome, _) = retry_ok(&guest_path, at(V4_A, PORT), Duration::from_secs(5));
+    assert_eq!(outcome, Outcome::Ok, "guest -> {V4_A}\n{}", w.log_tail());
+    let (outcome, _) = probe_from(&guest_path, at(V4_B, PORT), Duration::from_secs(2));
+    assert!(
+        matches!(outcome, Outcome::Refused(_)),
+        "guest -> {DENIED_NAME} ({V4_B}): {outcome:?}"
+    );
+    // ...with the sandbox's address, as the host sees it.
+    assert_eq!(
+        peer_seen_in(&w.host.path(), &guest_path, at(&s.gateway4, 9102)),
+        IpAddr::V4(sandbox_v4),
+        "the guest's traffic leaves as the sandbox"
+    );
+    // Its DNS, to any address, is answered by netctl's forwarder.
+    for server in [NOWHERE.to_owned(), format!("{GUEST_GATEWAY_V4}:53")] {
+        let allowed = ask_from(&guest_path, &server, ALLOWED_NAME);
+        assert_eq!(
+            allowed.addrs,
+            [V4_A.parse::<IpAddr>().expect("ip")],
+            "guest asks {server} for {ALLOWED_NAME}: {allowed:?}"
+        );
+        let denied = ask_from(&guest_path, &server, DENIED_NAME);
+        assert_eq!(
+            denied.code,
+            hickory_proto::op::ResponseCode::NXDomain,
+            "guest asks {server} for {DENIED_NAME}: {denied:?}"
+        );
+    }
+
+    // Repair: the same PUT puts back a deleted table and tap address.
+    sandbox_nft(&s.netns, &["delete", "table", "ip", GUEST_TABLE]);
+    sandbox_ip(&s.netns, &["addr", "flush", "dev", "tap0"]);
+    assert_eq!(guest_table(&s.netns), None);
+    assert!(ipv4_addresses(&s.netns, "tap0").is_empty());
+    let again = SetupView::from_view(&w.create("vm", true, Some(&policy)));
+    assert_eq!(again, s, "a repair moved the setup");
+    assert_eq!(
+        ipv4_addresses(&s.netns, "tap0"),
+        gateway_on_tap,
+        "tap address repaired"
+    );
+    assert_eq!(
+        guest_table(&s.netns).as_ref(),
+        Some(&nat),
+        "guest NAT repaired"
+    );
+    let (outcome, _) = retry_ok(&w.host.path(), agent, Duration::from_secs(5));
+    assert_eq!(outcome, Outcome::Ok, "host -> guest agent after the repair");
+
+    // Restart, the guest running: netctl's start repairs the table too.
+    sandbox_nft(&s.netns, &["delete", "table", "ip", GUEST_TABLE]);
+    w.kill_daemon();
+    w.start_daemon();
+    assert_eq!(
+        guest_table(&s.netns).as_ref(),
+        Some(&nat),
+        "guest NAT restored on start\n{}",
+        w.log_tail()
+    );
+    let (outcome, _) = retry_ok(&w.host.path(), agent, Duration::from_secs(5));
+    assert_eq!(
+        outcome,
+        Outcome::Ok,
+        "host -> guest agent after the restart"
+    );
+    drop(_agent);
+    drop(guest);
+
+    // Tap off: the tap, its address and the guest's NAT go; on: back.
+    let off = w.api().put_setup("vm", false, Some(&policy));
+    assert_eq!(off.status, 200, "PUT tap off: {}", off.body);
+    let view = off.json();
+    w.check_view("vm", &view, false);
+    assert!(view["setup"]["guest"].is_null(), "{view}");
+    assert_eq!(guest_table(&s.netns), None, "guest NAT left without a tap");
+    assert!(
+        !netns_has_link(&s.netns, "tap0"),
+        "tap (and its address) left"
+    );
+    let on = SetupView::from_view(&w.create("vm", true, Some(&policy)));
+    assert_eq!(on, s, "tap on again: the same setup");
+    assert_eq!(ipv4_addresses(&s.netns, "tap0"), gateway_on_tap);
+    assert_eq!(guest_table(&s.netns).as_ref(), Some(&nat));
+
+    w.delete("vm");
+    w.snapshot()
+        .assert_same(&before, "after the guest's sandbox is deleted");
+}
+
+/// `nft <args>` inside the namespace `ns`.
+fn sandbox_nft(ns: &str, args: &[&str]) {
+    sbx_tests::netns::run(
+        Command::new("ip")
+            .args(["netns", "exec", ns, "nft"])
+            .args(args),
+    );
+}
+
+/// `ip -n <ns> <args>`.
+fn sandbox_ip(ns: &str, args: &[&str]) {
+    sbx_tests::netns::run(Command::new("ip").args(["-n", ns]).args(args));
+}
+
+/// The source address a connection from `client` (a namespace path)
+/// arrives with at `server` inside the namespace `listener_ns`.
+fn peer_seen_in(listener_ns: &str, client: &str, server: SocketAddr) -> IpAddr {
+    let listener = in_netns(listener_ns, move || {
+        TcpListener::bind(server).expect("bind listener")
+    });
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        if let Ok((_, peer)) = listener.accept() {
+            let _ = tx.send(peer.ip());
+        }
+    });
+    in_netns(client, move || {
+        std::net::TcpStream::connect_timeout(&server, Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("connect to {server}: {e}"))
+    });
+    rx.recv_timeout(Duration::from_secs(2))
+        .expect("the listener saw the connection")
 }
 
 #[test]

@@ -382,6 +382,7 @@ impl Manager {
                 plan.tap = wanted
                     .tap
                     .then(|| old_tap.clone().unwrap_or_else(|| layout.tap_name.clone()));
+                layout.complete_guest(&mut plan);
                 (plan, old_tap)
             }
             None => {
@@ -446,6 +447,9 @@ impl Manager {
     /// the saved state and the slot stay, so the next PUT or DELETE of the
     /// id, or the next start, tries again.
     async fn roll_back(&self, id: &str, plan: &Plan) -> bool {
+        // Our nft session there (the guest table's, the policy's) would
+        // keep the namespace, and the tap in it, alive.
+        self.tools.nft.release(&plan.netns_path).await;
         if let Err(e) = self.setup.teardown(plan).await {
             warn!(sandbox = %id, error = %e, "rollback incomplete; retried on the next request or start");
             return false;

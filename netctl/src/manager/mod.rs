@@ -130,18 +130,24 @@ impl Manager {
         let store = Store::open(&state_dir)?;
         let layout =
             Layout::from_config(&config.setup).map_err(|e| anyhow::anyhow!("config: {e}"))?;
+        let sandbox_nft = match config.nft_session_idle_secs {
+            0 => Nft::new(config.nft.clone()),
+            idle => Nft::with_sessions(
+                config.nft.clone(),
+                Duration::from_secs(idle),
+                config.nft_sessions_max,
+            ),
+        };
         Ok(Arc::new(Self {
-            setup: Setup::new(layout, Nft::new(config.nft.clone())),
+            setup: Setup::new(
+                layout,
+                Nft::new(config.nft.clone()),
+                sandbox_nft.clone(),
+                config.ingress.port,
+            ),
             timing: Timing::from_config(&config.dns),
             tools: Tools {
-                nft: match config.nft_session_idle_secs {
-                    0 => Nft::new(config.nft.clone()),
-                    idle => Nft::with_sessions(
-                        config.nft.clone(),
-                        Duration::from_secs(idle),
-                        config.nft_sessions_max,
-                    ),
-                },
+                nft: sandbox_nft,
                 conntrack: Conntrack::new(config.fast_path.conntrack.clone()),
             },
             mark_bits,

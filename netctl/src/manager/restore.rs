@@ -78,7 +78,7 @@ impl Manager {
     /// Re-applies one saved sandbox. A setup that a crash interrupted
     /// while it was being made or removed is rolled back (its request never
     /// got an answer); a complete one is checked and repaired first.
-    async fn restore(self: &Arc<Self>, saved: Saved) -> Restored {
+    async fn restore(self: &Arc<Self>, mut saved: Saved) -> Restored {
         let policy = match saved.spec.validate() {
             Ok(p) => p,
             Err(_) => return Restored::Failed,
@@ -96,6 +96,11 @@ impl Manager {
                 self.setup.release(&saved.id, setup.plan.slot).await;
                 return Restored::RolledBack;
             }
+        }
+        if let Some(setup) = saved.setup.as_mut() {
+            // A tap saved before guests had addressing gets it now (saved
+            // with the sandbox's next change).
+            self.setup.layout().complete_guest(&mut setup.plan);
         }
         let (entry, _) = self.entry_or_insert(&saved.id, &saved.spec);
         if let Ok(path) = target(&saved.spec, saved.setup.as_ref()) {

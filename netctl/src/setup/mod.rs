@@ -1,6 +1,7 @@
 //! Sandbox network setup: the namespace, a veth pair (host end in netctl's
 //! own namespace, `eth0` inside), addresses from the pools, default routes,
-//! optionally a tap device with forwarding, and the host table.
+//! optionally a tap device with forwarding and the NAT of the microVM guest
+//! behind it, and the host table.
 //!
 //! No `ip` is run: namespaces are made with unshare(2) and a bind mount,
 //! everything else over rtnetlink. The sandbox side runs on one dedicated
@@ -14,6 +15,7 @@
 //! left: that is what makes a crash at any point recoverable from the plan
 //! saved before the first step.
 
+pub mod guest_table;
 pub mod host_table;
 pub mod links;
 pub mod netns_fs;
@@ -34,7 +36,7 @@ use tracing::{debug, info, warn};
 use crate::nft::{Nft, NftError};
 pub use links::LinkError;
 pub use netns_fs::NetnsFsError;
-pub use plan::{Layout, Plan, SANDBOX_IFACE};
+pub use plan::{Guest, Layout, Plan, SANDBOX_IFACE};
 pub use tap::TapError;
 
 /// How far a saved setup got. `Creating` and `Deleting` mean the request
@@ -71,6 +73,8 @@ pub enum SetupError {
     Thread(String),
     #[error("host table: {0}")]
     HostTable(#[source] NftError),
+    #[error("guest table: {0}")]
+    GuestTable(#[source] NftError),
     #[error("no free slot: the pools have room for {0} sandboxes")]
     Full(u32),
     #[error("slot {slot} is already taken by sandbox {other:?}")]
@@ -87,17 +91,25 @@ struct HostState {
 
 pub struct Setup {
     layout: Layout,
+    /// nft in netctl's own namespace (the host table).
     nft: Nft,
+    /// nft in sandboxes' namespaces (the guest table): the manager's, so
+    /// it shares the namespace's session with the policy's applies.
+    sandbox_nft: Nft,
+    /// The port the guest's agent is reached on (`[ingress] port`).
+    agent_port: u16,
     /// Serialises slot changes with host-table changes, so the table is
     /// never removed while a setup that needs it is being made.
     host: Mutex<HostState>,
 }
 
 impl Setup {
-    pub fn new(layout: Layout, nft: Nft) -> Self {
+    pub fn new(layout: Layout, nft: Nft, sandbox_nft: Nft, agent_port: u16) -> Self {
         Self {
             layout,
             nft,
+            sandbox_nft,
+            agent_port,
             host: Mutex::new(HostState::default()),
         }
     }
@@ -222,16 +234,29 @@ impl Setup {
     /// Makes (or completes, or repairs) everything in `plan`. `stale_tap`
     /// is a tap an earlier version of the sandbox had and this one does not.
     pub async fn create(&self, plan: &Plan, stale_tap: Option<String>) -> Result<(), SetupError> {
-        let plan = plan.clone();
+        let dropping_tap = plan.tap.is_none() && stale_tap.is_some();
+        let links = plan.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name("netctl-setup".into())
             .spawn(move || {
-                let _ = tx.send(build_on_this_thread(&plan, stale_tap.as_deref()));
+                let _ = tx.send(build_on_this_thread(&links, stale_tap.as_deref()));
             })
             .map_err(|e| SetupError::Thread(e.to_string()))?;
         rx.await
-            .map_err(|_| SetupError::Thread("ended without an answer".into()))?
+            .map_err(|_| SetupError::Thread("ended without an answer".into()))??;
+        // Rewritten on every repair, like the links: the batch replaces the
+        // table whole. Removed only when the tap goes: a sandbox that never
+        // had one costs no nft run.
+        let batch = match (&plan.tap, &plan.guest) {
+            (Some(_), Some(guest)) => guest_table::full(plan, guest, self.agent_port),
+            _ if dropping_tap => guest_table::remove(),
+            _ => return Ok(()),
+        };
+        self.sandbox_nft
+            .apply(&plan.netns_path, &batch)
+            .await
+            .map_err(SetupError::GuestTable)
     }
 
     /// Removes what `plan` made, whatever of it exists: the veth pair
@@ -359,6 +384,14 @@ async fn configure(
         // the sysctls written are the namespace's own.
         tap::ensure(tap)?;
         links::up(sandbox, tap).await?;
+        if let Some(guest) = &plan.guest {
+            // The guest's gateway; also where its DNS, redirected to the
+            // forwarder, arrives (a redirect needs an address on the link).
+            let index = links::index(sandbox, tap)
+                .await?
+                .ok_or_else(|| SetupError::Vanished(tap.clone()))?;
+            links::address(sandbox, index, tap, IpNet::V4(guest.tap_ipv4())).await?;
+        }
         netns_fs::enable_sysctl("ipv4/ip_forward")?;
         if plan.ipv6.is_some() {
             netns_fs::enable_sysctl("ipv6/conf/all/forwarding")?;

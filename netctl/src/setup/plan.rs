@@ -23,6 +23,9 @@ const V6_SLOT_PREFIX: u8 = 64;
 const MAX_SLOTS: u32 = 1 << 20;
 /// Prefixes are joined with sandbox ids (up to 64 bytes) into file names.
 const MAX_NETNS_PREFIX: usize = 64;
+/// The guest's network needs two host addresses: the guest and its
+/// gateway (the tap).
+const GUEST_MAX_PREFIX: u8 = 30;
 
 /// The validated `[setup]` config: everything a plan is computed from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,8 +37,59 @@ pub struct Layout {
     pub ipv6_pool: Option<Ipv6Net>,
     pub uplink: Option<String>,
     pub tap_name: String,
+    /// The addressing of a microVM guest behind the tap.
+    pub guest: Guest,
     /// How many sandboxes the pools (and interface names) have room for.
     pub slots: u32,
+}
+
+/// A microVM guest's addressing behind the tap. It is the same in every
+/// sandbox (only the sandbox's namespace sees it; the namespace translates
+/// to and from the sandbox's own address), so a guest snapshot taken in one
+/// sandbox resumes in any other with its network configuration intact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Guest {
+    /// The guest's address with its prefix: what it puts on its NIC.
+    pub ipv4: Ipv4Net,
+    /// The tap's address: the guest's default gateway.
+    pub gateway4: Ipv4Addr,
+}
+
+impl Guest {
+    /// The guest at `ipv4`; its gateway is the network's first host
+    /// address, or the second when the guest is the first (in a /30: the
+    /// other one). Refuses what cannot be a host on a link of its own.
+    pub fn new(ipv4: Ipv4Net) -> Result<Self, String> {
+        let addr = ipv4.addr();
+        if ipv4.prefix_len() > GUEST_MAX_PREFIX {
+            return Err(format!(
+                "{ipv4}: too small (at most a /{GUEST_MAX_PREFIX}: the guest and its gateway)"
+            ));
+        }
+        if addr == ipv4.network() || addr == ipv4.broadcast() {
+            return Err(format!(
+                "{ipv4}: {addr} is not a host address of {}",
+                ipv4.trunc()
+            ));
+        }
+        if addr.is_loopback() || addr.is_multicast() || addr.is_broadcast() || addr.octets()[0] == 0
+        {
+            return Err(format!("{ipv4}: not a unicast address"));
+        }
+        let first = Ipv4Addr::from(u32::from(ipv4.network()) + 1);
+        let gateway4 = if addr == first {
+            Ipv4Addr::from(u32::from(first) + 1)
+        } else {
+            first
+        };
+        Ok(Self { ipv4, gateway4 })
+    }
+
+    /// The tap's address with the guest's prefix.
+    pub fn tap_ipv4(&self) -> Ipv4Net {
+        Ipv4Net::new_assert(self.gateway4, self.ipv4.prefix_len())
+    }
 }
 
 /// Everything one sandbox's setup consists of, saved with the sandbox
@@ -62,6 +116,10 @@ pub struct Plan {
     pub gateway6: Option<Ipv6Addr>,
     /// The tap device inside the namespace, if one was asked for.
     pub tap: Option<String>,
+    /// With a tap: the guest's addressing behind it. Absent from states
+    /// saved before guests had one (they get it on their next repair).
+    #[serde(default)]
+    pub guest: Option<Guest>,
 }
 
 impl Plan {
@@ -160,6 +218,7 @@ impl Layout {
             }
             Some(c.uplink.clone())
         };
+        let guest = guest_from_config(&c.guest_ipv4, ipv4_pool)?;
         validate_iface(&c.tap_name).map_err(|e| format!("setup.tap_name: {e}"))?;
         if c.tap_name == SANDBOX_IFACE || c.tap_name == "lo" {
             return Err(format!(
@@ -175,6 +234,7 @@ impl Layout {
             ipv6_pool,
             uplink,
             tap_name: c.tap_name.clone(),
+            guest,
             slots,
         })
     }
@@ -209,7 +269,19 @@ impl Layout {
             ipv6,
             gateway6,
             tap: tap.then(|| self.tap_name.clone()),
+            guest: tap.then_some(self.guest),
         }
+    }
+
+    /// Gives a plan with a tap its guest addressing (keeping the one it
+    /// has, so a running guest never sees it change), and one without a
+    /// tap none: for a PUT that toggles the tap, and for plans saved before
+    /// guests had addressing.
+    pub fn complete_guest(&self, plan: &mut Plan) {
+        plan.guest = match plan.tap {
+            Some(_) => Some(plan.guest.unwrap_or(self.guest)),
+            None => None,
+        };
     }
 
     /// Whether a saved plan is one this daemon may act on: its names carry
@@ -226,7 +298,26 @@ impl Layout {
                 .tap
                 .as_deref()
                 .is_none_or(|t| validate_iface(t).is_ok() && t != SANDBOX_IFACE && t != "lo")
+            && plan.guest.is_none_or(|g| {
+                plan.tap.is_some() && Guest::new(g.ipv4).is_ok_and(|valid| valid == g)
+            })
     }
+}
+
+/// `setup.guest_ipv4`: a guest address that is a host of its network, and
+/// a network apart from the pool (a sandbox's own address must never be
+/// one the namespace routes to the tap).
+fn guest_from_config(value: &str, pool: Ipv4Net) -> Result<Guest, String> {
+    let net: Ipv4Net = value
+        .parse()
+        .map_err(|_| format!("setup.guest_ipv4 {value:?}: not an IPv4 CIDR"))?;
+    let guest = Guest::new(net).map_err(|e| format!("setup.guest_ipv4 {e}"))?;
+    if pool.contains(&net.network()) || net.contains(&pool.network()) {
+        return Err(format!(
+            "setup.guest_ipv4 {value:?}: overlaps setup.ipv4_pool {pool}"
+        ));
+    }
+    Ok(guest)
 }
 
 fn slot_count(bits: u8) -> u32 {
@@ -297,7 +388,8 @@ mod tests {
             serde_json::json!({"netns": "sbx-abc", "netns_path": "/run/netns/sbx-abc", "slot": 3,
                 "host_iface": "sbxh3", "sandbox_iface": "eth0",
                 "ipv4": "10.200.0.14/30", "gateway4": "10.200.0.13",
-                "ipv6": "fd00:5b:0:3::2/64", "gateway6": "fd00:5b:0:3::1", "tap": null})
+                "ipv6": "fd00:5b:0:3::2/64", "gateway6": "fd00:5b:0:3::1", "tap": null,
+                "guest": null})
         );
         assert_eq!(p.host_ipv4().to_string(), "10.200.0.13/30");
         assert_eq!(p.host_ipv6().unwrap().to_string(), "fd00:5b:0:3::1/64");
@@ -332,6 +424,62 @@ mod tests {
     }
 
     #[test]
+    fn a_tap_plan_has_the_guest_addressing_of_every_sandbox() {
+        let l = layout("").unwrap();
+        let (a, b) = (l.plan("a", 0, true), l.plan("b", 9, true));
+        let guest = a.guest.unwrap();
+        assert_eq!(Some(guest), b.guest);
+        assert_eq!(
+            serde_json::to_value(guest).unwrap(),
+            serde_json::json!({"ipv4": "10.0.2.2/30", "gateway4": "10.0.2.1"})
+        );
+        assert_eq!(guest.tap_ipv4().to_string(), "10.0.2.1/30");
+        assert!(l.owns("a", &a));
+        // A guest that is the first host gets the second as its gateway;
+        // a wider network keeps the first.
+        let first = layout("[setup]\nguest_ipv4 = \"192.168.7.1/30\"").unwrap();
+        assert_eq!(first.guest.gateway4.to_string(), "192.168.7.2");
+        let wide = layout("[setup]\nguest_ipv4 = \"172.16.0.15/24\"").unwrap();
+        assert_eq!(wide.guest.tap_ipv4().to_string(), "172.16.0.1/24");
+        // Toggling the tap adds and drops the guest, keeping a saved one.
+        let mut p = l.plan("a", 0, false);
+        assert_eq!(p.guest, None);
+        p.tap = Some("tap0".into());
+        first.complete_guest(&mut p);
+        assert_eq!(p.guest, Some(first.guest));
+        l.complete_guest(&mut p);
+        assert_eq!(p.guest, Some(first.guest), "a saved guest is kept");
+        p.tap = None;
+        l.complete_guest(&mut p);
+        assert_eq!(p.guest, None);
+        // A guest without a tap, or inconsistent, is not ours to act on.
+        let mut odd = l.plan("a", 0, false);
+        odd.guest = Some(guest);
+        assert!(!l.owns("a", &odd));
+        let mut odd = a.clone();
+        odd.guest = Some(Guest {
+            gateway4: Ipv4Addr::new(10, 0, 2, 2),
+            ..guest
+        });
+        assert!(!l.owns("a", &odd));
+    }
+
+    #[test]
+    fn a_plan_saved_before_guests_still_loads() {
+        let saved = r#"{"netns": "sbx-abc", "netns_path": "/run/netns/sbx-abc", "slot": 3,
+            "host_iface": "sbxh3", "sandbox_iface": "eth0",
+            "ipv4": "10.200.0.14/30", "gateway4": "10.200.0.13",
+            "ipv6": null, "gateway6": null, "tap": "tap0"}"#;
+        let mut plan: Plan = serde_json::from_str(saved).unwrap();
+        assert_eq!(plan.guest, None);
+        let l = layout("").unwrap();
+        assert!(l.owns("abc", &plan));
+        l.complete_guest(&mut plan);
+        assert_eq!(plan.guest, Some(l.guest));
+        assert!(serde_json::from_str::<Plan>(&saved.replace("\"tap\"", "\"tapp\"")).is_err());
+    }
+
+    #[test]
     fn bad_config_is_refused() {
         for bad in [
             "ipv4_pool = \"10.200.0.1/16\"",
@@ -352,6 +500,15 @@ mod tests {
             "netns_dir = \"run/netns\"",
             "netns_dir = \"/run/../etc\"",
             "netns_dir = \"/\"",
+            "guest_ipv4 = \"10.0.2.2\"",
+            "guest_ipv4 = \"10.0.2.0/30\"",
+            "guest_ipv4 = \"10.0.2.3/30\"",
+            "guest_ipv4 = \"10.0.2.2/31\"",
+            "guest_ipv4 = \"fd00::2/64\"",
+            "guest_ipv4 = \"127.0.0.2/30\"",
+            "guest_ipv4 = \"10.200.7.2/30\"",
+            "guest_ipv4 = \"10.0.0.2/8\"",
+            "guest_ipv4 = \"\"",
         ] {
             assert!(layout(&format!("[setup]\n{bad}")).is_err(), "{bad}");
         }
@@ -359,7 +516,7 @@ mod tests {
         // smaller pool makes the same prefix fit.
         assert!(layout("[setup]\nhost_iface_prefix = \"abcdefghijk\"").is_err());
         assert!(layout(
-            "[setup]\nhost_iface_prefix = \"abcdefghijk\"\nipv4_pool = \"10.0.0.0/20\""
+            "[setup]\nhost_iface_prefix = \"abcdefghijk\"\nipv4_pool = \"10.200.0.0/20\""
         )
         .is_ok());
         assert_eq!(

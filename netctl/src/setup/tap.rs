@@ -26,7 +26,8 @@ struct IfReq {
 
 /// Makes `name` exist as a persistent tap device (single queue, no packet
 /// information header: what Firecracker and QEMU open). An existing tap of
-/// that name is kept; a different kind of device of that name is an error.
+/// that name is kept, also while its VMM has it open; a different kind of
+/// device of that name is an error.
 pub fn ensure(name: &str) -> Result<(), TapError> {
     let fail = |what: &'static str| {
         move |source| TapError {
@@ -56,7 +57,15 @@ pub fn ensure(name: &str) -> Result<(), TapError> {
     // call, and the fd is open for the duration of the call.
     let rc = unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &mut req) };
     if rc < 0 {
-        return Err(fail("TUNSETIFF")(io::Error::last_os_error()));
+        let err = io::Error::last_os_error();
+        // A single-queue tap takes one user at a time, so EBUSY means the
+        // device exists, is a tap (another kind would be EINVAL) and its
+        // VMM has it open: the tap in use, which a repair or a restart
+        // must keep, not fail on.
+        if err.raw_os_error() == Some(libc::EBUSY) {
+            return Ok(());
+        }
+        return Err(fail("TUNSETIFF")(err));
     }
     // SAFETY: TUNSETPERSIST takes its argument by value; the fd is open.
     let rc = unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETPERSIST, 1 as libc::c_ulong) };

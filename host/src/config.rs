@@ -124,8 +124,8 @@ pub struct MicrovmConfig {
     /// QEMU drops to this user after opening its files, tap and /dev/kvm
     /// (`-runas`). Empty: it stays root (development only).
     pub user: String,
-    /// QEMU's seccomp filter (`-sandbox on,...`): no exec, no privilege
-    /// regain, no obsolete syscalls.
+    /// QEMU's seccomp filter (`-sandbox on,obsolete=deny,spawn=deny`): no
+    /// exec or fork of other programs, no obsolete system calls.
     pub seccomp: bool,
 }
 

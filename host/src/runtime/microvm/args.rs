@@ -14,6 +14,9 @@ pub const FW_CFG_NAME: &str = "opt/sbx/guest";
 /// One MAC for every guest: each is alone on its tap, and a snapshot
 /// restores the NIC it was taken with.
 pub const GUEST_MAC: &str = "52:54:00:5b:00:02";
+/// QEMU's seccomp filter: no exec or fork of other programs, no obsolete
+/// system calls.
+pub const SECCOMP: &str = "on,obsolete=deny,spawn=deny";
 /// The fd a resumed VMM reads its snapshot from (`-incoming fd:3`).
 pub const INCOMING_FD: i32 = 3;
 
@@ -47,6 +50,36 @@ pub struct VmArgs<'a> {
     pub user: Option<&'a str>,
     pub seccomp: bool,
     pub incoming: bool,
+    /// Host TSC frequency, for a TCG guest (see [`cmdline`]).
+    pub tsc_khz: Option<u64>,
+}
+
+/// The guest's kernel command line. Under TCG the guest's TSC is the
+/// host's (QEMU passes rdtsc through), but the guest cannot calibrate it:
+/// on a loaded host its PIT comparison fails, the TSC is marked unstable
+/// and the boot stalls with no clock (seen here: three guests booting at
+/// once on two cores). So a TCG guest is told the host's TSC frequency and
+/// that it is reliable. Under KVM the guest gets both from the hypervisor.
+pub fn cmdline(accel: Accel, tsc_khz: Option<u64>) -> String {
+    match (accel, tsc_khz) {
+        (Accel::Tcg, Some(khz)) => format!("{GUEST_CMDLINE} tsc_early_khz={khz} tsc=reliable"),
+        _ => GUEST_CMDLINE.to_owned(),
+    }
+}
+
+/// The host's TSC frequency in kHz, from /proc/cpuinfo's `cpu MHz` (on
+/// x86 the TSC rate the kernel detected).
+pub fn host_tsc_khz() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = info
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    (mhz > 0.0).then(|| (mhz * 1000.0).round() as u64)
 }
 
 impl VmArgs<'_> {
@@ -63,7 +96,7 @@ impl VmArgs<'_> {
             // microvm: no PCI, no firmware; virtio-mmio devices described
             // by ACPI, so the guest's modules find them without parameters.
             "-M".into(),
-            "microvm,x-option-roms=off,pit=off,pic=off,rtc=on,isa-serial=on".into(),
+            "microvm,x-option-roms=off,rtc=on,isa-serial=on".into(),
             "-accel".into(),
             self.accel.as_str().into(),
             "-cpu".into(),
@@ -77,9 +110,7 @@ impl VmArgs<'_> {
             "-nographic".into(),
             "-no-reboot".into(),
             "-append".into(),
-            GUEST_CMDLINE.into(),
-            "-serial".into(),
-            "chardev:console".into(),
+            cmdline(self.accel, self.tsc_khz),
             "-netdev".into(),
             format!("tap,id=net0,ifname={},script=no,downscript=no", self.tap),
             "-device".into(),
@@ -106,11 +137,16 @@ impl VmArgs<'_> {
             a.push(flag.into());
             a.push(value);
         }
+        // After the chardev it names: QEMU resolves `chardev:` when it
+        // reads the option, and an unknown name leaves the UART unwired.
+        a.push("-serial".into());
+        a.push("chardev:console".into());
         if self.seccomp {
+            // `elevateprivileges=deny` and `resourcecontrol=deny` leave a
+            // QEMU 7.2 TCG guest halted before its first console line
+            // (seen with Debian 12's build), so they are not used.
             a.push("-sandbox".into());
-            a.push(
-                "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
-            );
+            a.push(SECCOMP.into());
         }
         if let Some(user) = self.user {
             a.push("-runas".into());
@@ -162,6 +198,7 @@ mod tests {
             user,
             seccomp: true,
             incoming,
+            tsc_khz: Some(2_599_998),
         }
         .build()
         .into_iter()
@@ -181,6 +218,10 @@ mod tests {
         assert_eq!(after(&a, "-cpu"), "max");
         assert_eq!(after(&a, "-smp"), "2");
         assert_eq!(after(&a, "-m"), "256M");
+        assert_eq!(
+            after(&a, "-append"),
+            "console=ttyS0 reboot=k panic=-1 quiet tsc_early_khz=2599998 tsc=reliable"
+        );
         assert_eq!(
             after(&a, "-fw_cfg"),
             "name=opt/sbx/guest,file=/s/a1/guest.cfg"

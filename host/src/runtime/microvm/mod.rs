@@ -71,12 +71,14 @@ impl MicrovmRuntime {
         self.accel.get().copied()
     }
 
+    /// The VMM's command, and its placement, which must outlive the spawn
+    /// (its fds are what the child enters).
     fn command(
         &self,
         l: &Launch<'_>,
         accel: Accel,
         incoming: bool,
-    ) -> Result<std::process::Command, RuntimeError> {
+    ) -> Result<(std::process::Command, Placement), RuntimeError> {
         let tap = l
             .network
             .tap
@@ -107,6 +109,7 @@ impl MicrovmRuntime {
             user: (!self.config.user.is_empty()).then_some(self.config.user.as_str()),
             seccomp: self.config.seccomp,
             incoming,
+            tsc_khz: args::host_tsc_khz(),
         }
         .build();
         let log = logs::open_append(&l.file(VMM_LOG)).map_err(io_err("open vmm.log"))?;
@@ -118,10 +121,10 @@ impl MicrovmRuntime {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
-        Placement::new(&l.network.netns_path, l.cgroup)
-            .map_err(io_err("place the VMM"))?
-            .apply(&mut cmd);
-        Ok(cmd)
+        let placement =
+            Placement::new(&l.network.netns_path, l.cgroup).map_err(io_err("place the VMM"))?;
+        placement.apply(&mut cmd);
+        Ok((cmd, placement))
     }
 
     async fn qmp<T: Send + 'static>(
@@ -149,7 +152,8 @@ impl Runtime for MicrovmRuntime {
         let accel = self.accel(&l.image.kernel).await;
         guest_config::write(&l.file(GUEST_CONFIG), l)?;
         let _ = std::fs::remove_file(l.file(QMP_SOCKET));
-        let cmd = self.command(l, accel, false)?;
+        let (cmd, _placement) = self.command(l, accel, false)?;
+        // The child has entered its namespace and cgroup once spawned.
         let pid = crate::procs::spawn_detached(cmd)
             .map_err(io_err(format!("start {}", self.config.qemu.display())))?;
         let vmm = ProcId::of(pid)
@@ -241,7 +245,7 @@ impl Runtime for MicrovmRuntime {
         let accel = self.accel(&l.image.kernel).await;
         let snapshot = std::fs::File::open(l.file(SNAPSHOT)).map_err(io_err("open snapshot"))?;
         let _ = std::fs::remove_file(l.file(QMP_SOCKET));
-        let mut cmd = self.command(l, accel, true)?;
+        let (mut cmd, placement) = self.command(l, accel, true)?;
         let fd = snapshot.as_raw_fd();
         // SAFETY: runs in the child before exec; dup2 is async-signal-safe
         // and the fd was opened before the fork. dup2 clears CLOEXEC on
@@ -256,7 +260,7 @@ impl Runtime for MicrovmRuntime {
         }
         let pid = crate::procs::spawn_detached(cmd)
             .map_err(io_err(format!("start {}", self.config.qemu.display())))?;
-        drop(snapshot);
+        drop((snapshot, placement));
         let vmm = ProcId::of(pid)
             .ok_or_else(|| RuntimeError::Vmm(format!("QEMU (pid {pid}) exited at once")))?;
         // Wait for the socket, then for the load to finish, then run.

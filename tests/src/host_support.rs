@@ -225,6 +225,15 @@ impl HostWorld {
     }
 }
 
+/// Whether `pid` runs (exists and is not a zombie: a VMM orphaned by a
+/// killed sbx-host is reaped by PID 1, which on some machines never does).
+pub fn running(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
+}
+
 /// HTTP/1.1 over sbx-host's socket.
 #[derive(Debug, Clone)]
 pub struct HostApi {

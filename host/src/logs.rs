@@ -43,6 +43,10 @@ pub fn bound(path: &Path, max: u64) -> io::Result<bool> {
     Ok(true)
 }
 
+/// How much of a guest's console a failure puts in our log: a kernel
+/// panic's header and its whole trace fit.
+pub const CONSOLE_TAIL_LINES: usize = 60;
+
 /// The last `lines` lines of a log, for an error message in our own log
 /// (never in an API answer: a guest writes what it likes there).
 pub fn tail(path: &Path, lines: usize) -> String {

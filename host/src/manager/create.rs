@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use super::{ApiError, Entry, Manager, Usage};
 use crate::config::RuntimeKind;
 use crate::image::{self, Image};
-use crate::logs;
+use crate::logs::{self, CONSOLE_TAIL_LINES};
 use crate::model::{
     self, CreateRequest, Created, Network, Record, SandboxView, State, MAX_CPUS, MIN_MEMORY_MB,
 };
@@ -225,7 +225,7 @@ impl Manager {
         if let Err(e) =
             crate::agent::wait_healthy(agent, self.config.boot_timeout(), || vmm.alive()).await
         {
-            let console = logs::tail(&self.console(c.runtime, &id), 20);
+            let console = logs::tail(&self.console(c.runtime, &id), CONSOLE_TAIL_LINES);
             warn!(id, error = %e, console = %console, "the guest did not come up");
             let status = match e {
                 crate::agent::HealthError::Timeout { .. } => 504,

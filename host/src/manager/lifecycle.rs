@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use super::{ApiError, Manager, Usage};
 use crate::image;
-use crate::logs;
+use crate::logs::{self, CONSOLE_TAIL_LINES};
 use crate::model::{self, Record, SandboxView, State};
 use crate::procs::ProcId;
 use crate::runtime::{Launch, KEY_FILE, SNAPSHOT};
@@ -146,7 +146,7 @@ impl Manager {
                 Ok(SandboxView::from(&*rec))
             }
             Err(e) => {
-                let console = logs::tail(&self.console(rec.runtime, id), 20);
+                let console = logs::tail(&self.console(rec.runtime, id), CONSOLE_TAIL_LINES);
                 warn!(id, error = %e.message, console = %console, "resume failed; still suspended");
                 self.undo_resume(&mut rec).await;
                 self.save(&rec)?;
@@ -196,7 +196,7 @@ impl Manager {
         if rec.state != State::Running || rec.vmm != Some(vmm) {
             return;
         }
-        let console = logs::tail(&self.console(rec.runtime, id), 20);
+        let console = logs::tail(&self.console(rec.runtime, id), CONSOLE_TAIL_LINES);
         warn!(id, pid = vmm.pid, console = %console, "the guest stopped on its own");
         self.stop_record(&mut rec, "the guest stopped on its own")
             .await;

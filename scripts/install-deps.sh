@@ -25,6 +25,10 @@ APT_PACKAGES=(
   lintian           # .deb packages: policy checks (scripts/check-debs.sh)
   man-db            # systemd-analyze verify checks the units' man: links
   systemd           # systemd-analyze; installing it starts nothing where PID 1 is not systemd
+  qemu-system-x86   # sbx-host's microvm runtime (QEMU -M microvm), and the VM tests
+  busybox-static    # guest images (scripts/build-image.sh): the guest's userland
+  cpio              # guest images: the initramfs
+  kmod              # guest images: modinfo checks the kernel modules' dependencies
 )
 
 missing=()

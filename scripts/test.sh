@@ -28,6 +28,9 @@ cargo clippy -p sbx-agent -p sbx-relay --features fuzzing --all-targets --locked
 step "build (profile ci: optimised, no LTO)"
 cargo build --profile ci --workspace --bins --locked
 
+step "guest image: scripts/build-image.sh (Debian's cloud kernel, busybox, the agent)"
+scripts/build-image.sh --name default --out target/images --agent target/ci/sbx-agent
+
 step "Debian packages: build, lintian, install, verify, purge (scripts/check-debs.sh)"
 PROFILE=ci scripts/check-debs.sh
 

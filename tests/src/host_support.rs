@@ -36,6 +36,8 @@ pub struct HostOptions {
     pub boot_timeout_secs: u64,
     /// More TOML for netctl (after its `[setup]` table).
     pub netctl_extra: String,
+    /// `[microvm] user`: the user QEMU drops to ("" stays root).
+    pub vmm_user: &'static str,
 }
 
 impl Default for HostOptions {
@@ -46,6 +48,7 @@ impl Default for HostOptions {
             memory_mb: 16384,
             boot_timeout_secs: 120,
             netctl_extra: String::new(),
+            vmm_user: "",
         }
     }
 }
@@ -71,7 +74,7 @@ impl HostWorld {
              images_dir = \"{images}\"\ndefault_runtime = \"{rt}\"\ncgroup_dir = \"{cg}\"\n\
              boot_timeout_secs = {boot}\nguest_dns = [\"{DNS_V4}\"]\nlog_max_bytes = 65536\n\
              [capacity]\ncpus = {cpus:.1}\nmemory_mb = {mem}\n\
-             [microvm]\naccel = \"tcg\"\n[process]\nagent = \"{agent}\"\n",
+             [microvm]\naccel = \"tcg\"\nuser = \"{user}\"\n[process]\nagent = \"{agent}\"\n",
             sock = dir.path().join("sbx-host.sock").display(),
             state = dir.path().join("state").display(),
             netctl = net.socket().display(),
@@ -82,6 +85,7 @@ impl HostWorld {
             cpus = opts.cpus,
             mem = opts.memory_mb,
             agent = bin("sbx-agent").display(),
+            user = opts.vmm_user,
         );
         fs::write(dir.path().join("config.toml"), config).expect("config");
         let mut world = Self {

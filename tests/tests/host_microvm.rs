@@ -20,6 +20,9 @@ fn vm_options() -> HostOptions {
     HostOptions {
         runtime: "microvm",
         netctl_extra: "[ingress]\nallow_from = [\"10.200.0.0/16\", \"10.251.0.0/16\"]\n".into(),
+        // QEMU parses what the guest sends: it runs as nobody once its
+        // files, tap and sockets are open.
+        vmm_user: "nobody",
         ..HostOptions::default()
     }
 }
@@ -80,6 +83,13 @@ fn microvm_guests_boot_answer_through_the_proxy_enforce_egress_and_suspend_to_di
         assert_eq!(v["accel"], "tcg");
     }
     let (open, closed, deny) = (&vms[0], &vms[1], &vms[2]);
+    // QEMU dropped to `nobody` after opening its files.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", open["vmm_pid"])).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uid.split_whitespace().skip(1).all(|u| u == "65534"),
+        "{uid}"
+    );
 
     // The guest runs its own kernel, not the host's.
     let (uname, code) = guest_sh(&w, open, "uname -r");
@@ -267,7 +277,7 @@ fn microvm_guests_boot_answer_through_the_proxy_enforce_egress_and_suspend_to_di
         w.assert_gone(vid, v["netns"].as_str().unwrap(), Some(vmm));
     }
     let left = Command::new("pgrep")
-        .args(["-f", &format!("sbx-vm-open")])
+        .args(["-f", "-name sbx-vm-open,"])
         .output()
         .unwrap();
     assert!(left.stdout.is_empty(), "a QEMU is left");

@@ -220,7 +220,7 @@ mod tests {
         assert_eq!(after(&a, "-m"), "256M");
         assert_eq!(
             after(&a, "-append"),
-            "console=ttyS0 reboot=k panic=-1 quiet tsc_early_khz=2599998 tsc=reliable"
+            "console=ttyS0 reboot=k panic=-1 quiet cryptomgr.notests tsc_early_khz=2599998 tsc=reliable"
         );
         assert_eq!(
             after(&a, "-fw_cfg"),

@@ -32,10 +32,16 @@ WORK=$(mktemp -d /tmp/sbx-demo.XXXXXX)
 SOCK="$WORK/netctl.sock"
 PIDS=()
 NETCTL_PID=
+HOST_SOCK="$WORK/sbx-host.sock"
+# sbx-host's cgroup for this demo, under the cgroup v2 mount.
+CG="$(awk '$3 == "cgroup2" {print length($2), $2}' /proc/self/mounts | sort -n | head -1 | cut -d' ' -f2)/sbxdemo-$ID"
 
 cleanup() {
-  local pid
+  local pid d
   set +e
+  if [[ -S $HOST_SOCK ]]; then
+    target/ci/sbx-host --socket "$HOST_SOCK" sandbox rm demo-vm >/dev/null 2>&1
+  fi
   if [[ -n $NETCTL_PID ]] && kill -0 "$NETCTL_PID" 2>/dev/null; then
     target/ci/netctl --socket "$SOCK" netns delete "$SANDBOX" >/dev/null 2>&1
   fi
@@ -45,6 +51,13 @@ cleanup() {
   for ns in $(ip netns list | awk '{print $1}' | grep -E "^(sbxdemo-(host|inet)-$ID|$PREFIX)"); do
     ip netns del "$ns" 2>/dev/null
   done
+  # Guests sbx-host could not remove (it was killed, say) end with their cgroup.
+  for d in "$CG"/*/; do
+    [[ -d $d ]] || continue
+    echo 1 >"$d/cgroup.kill" 2>/dev/null
+    for _ in $(seq 50); do rmdir "$d" 2>/dev/null && break; sleep 0.1; done
+  done
+  rmdir "$CG" 2>/dev/null
   rm -rf "/etc/netns/$SANDBOX_NS" "$WORK"
 }
 trap cleanup EXIT
@@ -74,9 +87,9 @@ in_sandbox() { ip netns exec "$SANDBOX_NS" "$@"; }
 netctl() { target/ci/netctl --socket "$SOCK" "$@"; }
 
 bold "1. Build (cargo build --profile ci)"
-cargo build --profile ci --bins -p sbx-agent -p sbx -p netctl -p sbx-proxy --quiet
+cargo build --profile ci --bins -p sbx-agent -p sbx -p netctl -p sbx-proxy -p sbx-host --quiet
 BIN=target/ci
-ok "sbx-agent, sbx, netctl and sbx-proxy built"
+ok "sbx-agent, sbx, netctl, sbx-proxy and sbx-host built"
 
 bold "2. A host namespace and an \"internet\" namespace with DNS and a web server"
 ip netns add "$HOST_NS"
@@ -302,5 +315,52 @@ kill -0 "$NFT_SESSION" 2>/dev/null && fail "nft session $NFT_SESSION outlived it
 ip netns list | grep -q "^$SANDBOX_NS" && fail "namespace still there" || ok "namespace $SANDBOX_NS is gone"
 in_host ip -br link | grep -q "^dsb" && fail "host link left behind" || ok "no sandbox link left on the host"
 in_host nft list tables | grep -q sbx_netctl_host && fail "host table left behind" || ok "no netctl table left on the host"
+
+bold "12. sbx-host: a sandbox on a real microVM (QEMU -M microvm), network from netctl"
+if [[ ! -e target/images/default/manifest.json ]]; then
+  info "building the guest image (Debian's cloud kernel, busybox, sbx-agent): scripts/build-image.sh"
+  scripts/build-image.sh --name default --out target/images --agent "$BIN/sbx-agent" >"$WORK/image.log" 2>&1 \
+    || fail "build-image.sh: $(tail -3 "$WORK/image.log")"
+fi
+ok "image target/images/default: $(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print("kernel", m["kernel"])' target/images/default/manifest.json), busybox, sbx-agent"
+cat > "$WORK/sbx-host.toml" <<EOF
+socket = "$HOST_SOCK"
+state_dir = "$WORK/sbx-host"
+netctl_socket = "$SOCK"
+images_dir = "$PWD/target/images"
+cgroup_dir = "$CG"
+guest_dns = ["203.0.113.53"]
+[microvm]
+user = "nobody"     # QEMU drops to it once its files, tap and sockets are open
+EOF
+spawn "$WORK/sbx-host.out" "$WORK/sbx-host.log" in_host "$BIN/sbx-host" serve --config "$WORK/sbx-host.toml"
+for _ in $(seq 300); do grep -q listening "$WORK/sbx-host.out" 2>/dev/null && break; sleep 0.1; done
+grep -q listening "$WORK/sbx-host.out" || fail "sbx-host did not start: $(tail -3 "$WORK/sbx-host.log")"
+ok "sbx-host serving on its socket; $(grep -o 'accelerator: .*' "$WORK/sbx-host.log" | head -1 | cut -c1-120)"
+sbx_host() { "$BIN/sbx-host" --socket "$HOST_SOCK" sandbox "$@"; }
+echo '{"allow_internet_access": true, "deny_out": ["denied.demo"]}' > "$WORK/vm-policy.json"
+START=$(date +%s%N)
+sbx_host create demo-vm --memory-mb 256 --policy "$WORK/vm-policy.json" --show-key > "$WORK/vm.json" \
+  || fail "create: $(tail -5 "$WORK/sbx-host.log")"
+VM_MS=$(ms_since "$START")
+vm() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$WORK/vm.json" "$1"; }
+VM_AGENT=$(vm agent)
+(umask 077; vm forwarded_auth_key > "$WORK/vm.key")
+ok "sbx-host sandbox create demo-vm: agent healthy at $VM_AGENT in $VM_MS ms on $(vm accel) (QEMU pid $(vm vmm_pid), running as $(ps -o user= -p "$(vm vmm_pid)"))"
+vm_sh() { in_host "$BIN/sbx" exec "http://$VM_AGENT" --key-file "$WORK/vm.key" --sandbox-id demo-vm -- sh -c "$1"; }
+show "uname -r in the guest (the host runs $(uname -r))" "$(vm_sh 'uname -r')"
+show "wget -qO- http://allowed.demo/ in the guest" "$(vm_sh 'wget -qO- http://allowed.demo/ 2>&1')"
+show "nslookup denied.demo in the guest (deny_out)" "$(vm_sh 'nslookup denied.demo 2>&1 | grep -m1 NXDOMAIN')"
+vm_sh 'echo "written before the suspend" > /home/note; sleep 3600 >/dev/null 2>&1 & echo $! > /tmp/sleeper' >/dev/null
+START=$(date +%s%N)
+sbx_host suspend demo-vm > "$WORK/vm-suspended.json"
+SNAP=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["snapshot_bytes"])' "$WORK/vm-suspended.json")
+ok "suspended in $(ms_since "$START") ms: memory in a $((SNAP / 1048576)) MiB snapshot, QEMU exited ($(wc -l < "$CG/demo-vm/cgroup.procs") processes left)"
+START=$(date +%s%N)
+sbx_host resume demo-vm >/dev/null
+ok "resumed in $(ms_since "$START") ms: $(vm_sh 'cat /home/note; kill -0 $(cat /tmp/sleeper) && echo "the sleep started before the suspend still runs"' | tr '\n' ';' | sed 's/;$//; s/;/; /')"
+NETNS=$(vm netns)
+sbx_host rm demo-vm
+ip netns list | grep -q "^$NETNS" && fail "namespace still there" || ok "sbx-host sandbox rm: guest, namespace $NETNS, link, tap, files: nothing left"
 
 bold "Done: cleaning up namespaces and processes."

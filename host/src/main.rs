@@ -19,8 +19,10 @@ fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SBX_HOST_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(if config.is_some() { "info" } else { "warn" })
     });
+    // Colours only on a terminal: a journal or a log file gets plain text.
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match config.as_ref().map(|c| c.log_format) {
         Some(LogFormat::Json) => fmt.json().init(),

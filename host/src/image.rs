@@ -16,6 +16,9 @@ pub enum ImageError {
     Incomplete { name: String, file: &'static str },
 }
 
+const KERNEL: &str = "vmlinuz";
+const INITRD: &str = "initrd.img";
+
 pub fn validate_name(name: &str) -> Result<(), ImageError> {
     let b = name.as_bytes();
     let ok = !b.is_empty()
@@ -60,14 +63,61 @@ pub fn find(dir: &Path, name: &str) -> Result<Image, ImageError> {
     };
     Ok(Image {
         name: name.to_owned(),
-        kernel: file("vmlinuz")?,
-        initrd: file("initrd.img")?,
+        kernel: file(KERNEL)?,
+        initrd: file(INITRD)?,
+    })
+}
+
+/// Gives a sandbox its own links to the image's kernel and initramfs, so a
+/// rebuild of the image (which replaces its directory) never changes or
+/// removes the files a suspended guest resumes with. A hard link costs
+/// nothing; across file systems the files are copied.
+pub fn pin(image: &Image, dir: &Path) -> std::io::Result<Image> {
+    let kernel = dir.join(KERNEL);
+    let initrd = dir.join(INITRD);
+    for (from, to) in [(&image.kernel, &kernel), (&image.initrd, &initrd)] {
+        let _ = std::fs::remove_file(to);
+        if std::fs::hard_link(from, to).is_err() {
+            std::fs::copy(from, to)?;
+        }
+    }
+    Ok(Image {
+        name: image.name.clone(),
+        kernel,
+        initrd,
+    })
+}
+
+/// The files [`pin`] left in a sandbox's directory, if both are there.
+pub fn pinned(name: &str, dir: &Path) -> Option<Image> {
+    let (kernel, initrd) = (dir.join(KERNEL), dir.join(INITRD));
+    (kernel.is_file() && initrd.is_file()).then(|| Image {
+        name: name.to_owned(),
+        kernel,
+        initrd,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pinned_image_survives_a_rebuild() {
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("images/default");
+        std::fs::create_dir_all(&img).unwrap();
+        std::fs::write(img.join(KERNEL), "k1").unwrap();
+        std::fs::write(img.join(INITRD), "i1").unwrap();
+        let sb = d.path().join("sb");
+        std::fs::create_dir_all(&sb).unwrap();
+        let found = find(&d.path().join("images"), "default").unwrap();
+        let pinned_now = pin(&found, &sb).unwrap();
+        // A rebuild replaces the directory.
+        std::fs::remove_dir_all(&img).unwrap();
+        assert_eq!(std::fs::read_to_string(&pinned_now.kernel).unwrap(), "k1");
+        assert_eq!(pinned("default", &sb).unwrap().initrd, sb.join(INITRD));
+    }
 
     #[test]
     fn names() {

@@ -195,6 +195,11 @@ impl Manager {
             .cgroups
             .create(&id)
             .map_err(|e| ApiError::internal(e.to_string()))?;
+        let image = match c.runtime {
+            RuntimeKind::Microvm => image::pin(&c.image, &dir)
+                .map_err(|e| ApiError::internal(format!("pin the image: {e}")))?,
+            RuntimeKind::Process => c.image.clone(),
+        };
         let network = rec
             .network
             .clone()
@@ -207,7 +212,7 @@ impl Manager {
             cpus: rec.cpus,
             memory_mb: rec.memory_mb,
             disk_mb: rec.disk_mb,
-            image: &c.image,
+            image: &image,
             key_hex: &key_hex,
             dns: &self.dns,
         };

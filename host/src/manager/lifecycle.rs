@@ -236,8 +236,12 @@ impl Manager {
         ),
         ApiError,
     > {
-        let image = image::find(&self.config.images_dir, &rec.image)
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let dir = self.store.dir(&rec.id);
+        let image = match image::pinned(&rec.image, &dir) {
+            Some(pinned) => pinned,
+            None => image::find(&self.config.images_dir, &rec.image)
+                .map_err(|e| ApiError::internal(e.to_string()))?,
+        };
         let network = rec
             .network
             .clone()
@@ -246,7 +250,7 @@ impl Manager {
             .cgroups
             .create(&rec.id)
             .map_err(|e| ApiError::internal(e.to_string()))?;
-        Ok((image, network, cgroup, self.store.dir(&rec.id)))
+        Ok((image, network, cgroup, dir))
     }
 }
 

@@ -71,6 +71,24 @@ pub fn tail(path: &Path, lines: usize) -> String {
         .join("\n")
 }
 
+/// Whether the last 4 KiB of a log contain `needle` (cheap enough to ask
+/// on every health poll).
+pub fn tail_contains(path: &Path, needle: &[u8]) -> bool {
+    const WINDOW: u64 = 4096;
+    let Ok(mut f) = File::open(path) else {
+        return false;
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if f.seek(SeekFrom::Start(len.saturating_sub(WINDOW))).is_err() {
+        return false;
+    }
+    let mut buf = Vec::with_capacity(WINDOW as usize);
+    if f.take(WINDOW).read_to_end(&mut buf).is_err() {
+        return false;
+    }
+    buf.windows(needle.len()).any(|w| w == needle)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +109,8 @@ mod tests {
         assert!(text.starts_with("[sbx-host: earlier output cut]\nline "));
         assert!(text.ends_with("line 999\nafter\n"), "{text}");
         assert_eq!(tail(&p, 2), "line 999\nafter");
+        assert!(tail_contains(&p, b"line 999"));
+        assert!(!tail_contains(&p, b"line 1000"));
         assert!(!bound(&p, 4096).unwrap());
     }
 }

@@ -302,9 +302,14 @@ fn a_guest_that_never_comes_up_fails_the_create_and_leaves_nothing() {
         "hangs",
         "#!/bin/sh\nexport PATH=/bin:/sbin:/usr/bin:/usr/sbin\necho 'hanging-init: never starting the agent'\nwhile :; do /bin/busybox sleep 60; done\n",
     );
+    image_with_init(
+        images.path(),
+        "gives-up",
+        "#!/bin/sh\necho 'sbx-init: FATAL: bad configuration (test)'\nwhile :; do /bin/busybox sleep 60; done\n",
+    );
     let w = HostWorld::new(opts);
     // The test images live beside the default one.
-    for name in ["exits", "hangs"] {
+    for name in NAMES {
         let dst = sbx_tests::host_support::image_dir()
             .join(format!("test-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dst);
@@ -312,7 +317,7 @@ fn a_guest_that_never_comes_up_fails_the_create_and_leaves_nothing() {
     }
     let pid = std::process::id();
     let results: Vec<(u16, Value, Duration)> = std::thread::scope(|s| {
-        ["exits", "hangs"]
+        NAMES
             .iter()
             .map(|name| {
                 let api = w.api();
@@ -330,7 +335,7 @@ fn a_guest_that_never_comes_up_fails_the_create_and_leaves_nothing() {
             .map(|h| h.join().unwrap())
             .collect()
     });
-    for name in ["exits", "hangs"] {
+    for name in NAMES {
         let _ = std::fs::remove_dir_all(
             sbx_tests::host_support::image_dir().join(format!("test-{pid}-{name}")),
         );
@@ -347,17 +352,25 @@ fn a_guest_that_never_comes_up_fails_the_create_and_leaves_nothing() {
         took >= &Duration::from_secs(25) && took < &Duration::from_secs(60),
         "{took:?}"
     );
+    // An init that says it gave up fails the create at once too.
+    let (st, v, took) = &results[2];
+    assert_eq!(*st, 502, "{v}");
+    assert!(took < &Duration::from_secs(25), "{took:?}");
     // The console's last lines are in sbx-host's log, never in the answer.
     let log = w.log_tail(200);
     assert!(log.contains("Attempted to kill init"), "{log}");
     assert!(log.contains("hanging-init"), "{log}");
     assert!(!v.to_string().contains("hanging-init"));
-    for name in ["exits", "hangs"] {
+    for name in NAMES {
         let id = format!("bad-{name}");
         assert_eq!(w.api().get(&id).0, 404);
         w.assert_gone(&id, &format!("{}{id}", w.net.netns_prefix), None);
     }
 }
+
+/// Broken images: an init that exits, one that never starts the agent, one
+/// that says it gave up.
+const NAMES: [&str; 3] = ["exits", "hangs", "gives-up"];
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();

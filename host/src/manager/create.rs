@@ -22,6 +22,9 @@ use crate::model::{
 use crate::runtime::{Launch, KEY_FILE};
 use crate::store;
 
+/// What the image's init prints when it will not start the agent
+/// (packaging/image/init).
+const GUEST_GAVE_UP: &[u8] = b"sbx-init: FATAL";
 /// Longest entrypoint, in arguments and in bytes.
 const MAX_ENTRYPOINT_ARGS: usize = 256;
 const MAX_ENTRYPOINT_BYTES: usize = 64 * 1024;
@@ -227,9 +230,11 @@ impl Manager {
             .agent()
             .ok_or_else(|| ApiError::internal("no agent address"))?;
         let vmm = started.vmm;
-        if let Err(e) =
-            crate::agent::wait_healthy(agent, self.config.boot_timeout(), || vmm.alive()).await
-        {
+        let console_path = self.console(c.runtime, &id);
+        // A guest whose init gave up (bad configuration) idles rather than
+        // powering off: its console says so, and the create fails at once.
+        let up = || vmm.alive() && !logs::tail_contains(&console_path, GUEST_GAVE_UP);
+        if let Err(e) = crate::agent::wait_healthy(agent, self.config.boot_timeout(), up).await {
             let console = logs::tail(&self.console(c.runtime, &id), CONSOLE_TAIL_LINES);
             warn!(id, error = %e, console = %console, "the guest did not come up");
             let status = match e {

@@ -10,7 +10,7 @@ fn main() -> ExitCode {
         Command::Serve { config } => match sbx_host::serve::load(config) {
             Ok(c) => Some(c),
             Err(e) => {
-                eprintln!("sbx-host: {}", one_line(&e));
+                eprintln!("sbx-host: {}", sbx_service::error_line(&e));
                 return ExitCode::FAILURE;
             }
         },
@@ -48,21 +48,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sbx-host: {}", one_line(&e));
+            eprintln!("sbx-host: {}", sbx_service::error_line(&e));
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its causes on one line.
-fn one_line(e: &anyhow::Error) -> String {
-    let mut line = e.to_string();
-    for cause in e.chain().skip(1) {
-        let c = cause.to_string();
-        if !line.contains(&c) {
-            line.push_str(": ");
-            line.push_str(&c);
-        }
-    }
-    line
 }

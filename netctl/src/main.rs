@@ -35,16 +35,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One clear line: the error and its causes, joined.
-            let mut line = e.to_string();
-            for cause in e.chain().skip(1) {
-                let c = cause.to_string();
-                if !line.contains(&c) {
-                    line.push_str(": ");
-                    line.push_str(&c);
-                }
-            }
-            eprintln!("netctl: {line}");
+            eprintln!("netctl: {}", sbx_service::error_line(&e));
             ExitCode::FAILURE
         }
     }

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# Builds the Debian packages `netctl`, `sbx-agent` and `sbx-proxy` into
-# target/debian/:
+# Builds the Debian packages `netctl`, `sbx-agent`, `sbx-proxy` and
+# `sbx-host` into target/debian/:
 #
 #   scripts/build-debs.sh                 # release profile (fat LTO)
 #   PROFILE=ci scripts/build-debs.sh      # reuse the ci build (what CI does)
 #
 # Installs cargo-deb (pinned, from crates.io) under target/tools if it is not
-# there, builds the three binaries with cargo, writes their man pages with
-# help2man, then packages. Prints the paths of the three .deb files
-# (netctl, sbx-agent, sbx-proxy, in that order), one a line, on stdout;
-# everything else goes to stderr. Layout, units and maintainer scripts:
-# packaging/README.md.
+# there, builds the four binaries with cargo, writes their man pages with
+# help2man, then packages. Prints the paths of the four .deb files
+# (netctl, sbx-agent, sbx-proxy, sbx-host, in that order), one a line, on
+# stdout; everything else goes to stderr. Layout, units and maintainer
+# scripts: packaging/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/install-deps.sh >&2
@@ -29,10 +29,10 @@ if ! [[ -x $cargo_deb ]] || [[ $("$cargo_deb" --version 2>/dev/null) != *" $CARG
   cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked --root "$TOOLS_ROOT" >&2
 fi
 
-PACKAGES=(netctl sbx-agent sbx-proxy)
+PACKAGES=(netctl sbx-agent sbx-proxy sbx-host)
 
 step "build ${PACKAGES[*]} (profile $PROFILE)"
-cargo build --profile "$PROFILE" --locked --bins -p netctl -p sbx-agent -p sbx-proxy >&2
+cargo build --profile "$PROFILE" --locked --bins -p netctl -p sbx-agent -p sbx-proxy -p sbx-host >&2
 
 # cargo-deb maps the assets' target/release/ prefix to $TARGET_DIR/$PROFILE.
 bin_dir=$TARGET_DIR/$PROFILE
@@ -45,6 +45,7 @@ manpage() { # binary one-line-description
 manpage netctl "sandbox egress policy daemon and its command line"
 manpage sbx-agent "sandbox agent: management API and TCP tunnel"
 manpage sbx-proxy "sandbox proxy: public URLs into sandboxes through their agents"
+manpage sbx-host "sandbox host daemon: network from netctl, guests on QEMU microVMs"
 
 version=$(cargo metadata --format-version 1 --no-deps --locked \
   | python3 -c 'import json,sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"] == "netctl"))')
@@ -78,5 +79,15 @@ arch=$(dpkg --print-architecture)
 for pkg in "${PACKAGES[@]}"; do
   deb=$OUT_DIR/${pkg}_${version}_${arch}.deb
   [[ -f $deb ]] || { echo "build-debs: $deb was not made" >&2; exit 1; }
-  echo "$deb"
+done
+# sbx-host needs netctl of its own version (the API between them is the
+# workspace's). cargo-deb has no variable for the version in `depends`, so
+# host/Cargo.toml spells it out; a version bump must update it there.
+host_depends=$(dpkg-deb --field "$OUT_DIR/sbx-host_${version}_${arch}.deb" Depends)
+if [[ ", $host_depends," != *", netctl (= $version),"* ]]; then
+  echo "build-debs: sbx-host's Depends ($host_depends) does not pin netctl (= $version): update depends in host/Cargo.toml" >&2
+  exit 1
+fi
+for pkg in "${PACKAGES[@]}"; do
+  echo "$OUT_DIR/${pkg}_${version}_${arch}.deb"
 done

@@ -8,7 +8,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match &cli.command {
         Command::Serve { config } => match sbx_host::serve::load(config) {
-            Ok(c) => Some(c),
+            // An explicit --socket (or SBX_HOST_SOCKET) wins over the file.
+            Ok(mut c) => {
+                if cli.socket.as_path() != std::path::Path::new(sbx_host::config::DEFAULT_SOCKET) {
+                    c.socket = cli.socket.clone();
+                }
+                Some(c)
+            }
             Err(e) => {
                 eprintln!("sbx-host: {}", sbx_service::error_line(&e));
                 return ExitCode::FAILURE;

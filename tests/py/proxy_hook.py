@@ -10,6 +10,11 @@ Listens on 127.0.0.1:<port> (in the proxy's host namespace) and prints
   over the admin socket), as a control plane would once the VM has changed;
 - `never`: answers 202 and does nothing;
 - `fail`: answers 500.
+- `sbx-host=<socket>`: answers 202, asks sbx-host on <socket> to suspend or
+  resume the sandbox (POST /v1/sandboxes/<id>/<action>), and once sbx-host
+  has answered 200 marks it in the proxy's registry: the control plane
+  this project's sbx-host and the proxy make together, until the proxy
+  calls sbx-host itself.
 
 GET /calls answers {"calls": [<every body received>]}.
 """
@@ -28,9 +33,24 @@ LOCK = threading.Lock()
 
 
 class UnixConnection(http.client.HTTPConnection):
+    def __init__(self, host, path=ADMIN):
+        super().__init__(host, timeout=120)
+        self.path = path
+
     def connect(self):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(ADMIN)
+        self.sock.connect(self.path)
+
+
+def through_sbx_host(socket_path, sandbox_id, action, status):
+    conn = UnixConnection("sbx-host", socket_path)
+    conn.request("POST", f"/v1/sandboxes/{sandbox_id}/{action}")
+    resp = conn.getresponse()
+    body = resp.read()
+    if resp.status != 200:
+        print(f"sbx-host {action} {sandbox_id}: {resp.status} {body!r}", file=sys.stderr, flush=True)
+        return
+    mark(sandbox_id, status, 0)
 
 
 def mark(sandbox_id, status, delay_ms):
@@ -72,7 +92,10 @@ class Hook(BaseHTTPRequestHandler):
             return self.answer(500, {"error": "the control plane is down"})
         if MODE != "never" and isinstance(body, dict):
             status = {"resume": "running", "suspend": "suspended"}.get(body.get("action"))
-            if status:
+            if status and MODE.startswith("sbx-host="):
+                args = (MODE.split("=", 1)[1], body["sandbox_id"], body["action"], status)
+                threading.Thread(target=through_sbx_host, args=args, daemon=True).start()
+            elif status:
                 args = (body["sandbox_id"], status, int(MODE))
                 threading.Thread(target=mark, args=args, daemon=True).start()
         self.answer(202, {})

@@ -8,9 +8,13 @@ use std::time::{Duration, Instant};
 use sbx_tests::bins::bin;
 use sbx_tests::host_support::{guest_sh, image_with_init, running, HostOptions, HostWorld};
 use sbx_tests::netns::{link, require_netns};
-use sbx_tests::proxy_support::{ProxyWorld, WorldOptions, DOMAIN, ORG, PROJECT};
+use sbx_tests::process::{piped, ChildGuard};
+use sbx_tests::proxy_support::{py_script, ProxyWorld, WorldOptions, DOMAIN, ORG, PROJECT};
 use sbx_tests::setup_support::{probe_from, Outcome};
 use serde_json::{json, Value};
+
+/// The fake control plane's port in the proxy's namespace.
+const HOOK_PORT: u16 = 18080;
 
 /// The proxy's namespace reaches the sandboxes through this link to the
 /// host namespace; netctl lets it in on 9501.
@@ -142,9 +146,24 @@ fn microvm_guests_boot_answer_through_the_proxy_enforce_egress_and_suspend_to_di
     let proxy = ProxyWorld::with(WorldOptions {
         sandboxes: Vec::new(),
         register: false,
+        extra_config: vec![
+            "\n[lifecycle]".into(),
+            format!("hook_url = \"http://127.0.0.1:{HOOK_PORT}/hook\""),
+            "resume_deadline_secs = 60".into(),
+        ],
         ..WorldOptions::default()
     })
     .expect("proxy world");
+    // The control plane between them: the proxy's lifecycle hook asks
+    // sbx-host to resume, then marks the sandbox running in the proxy.
+    let mut hook_cmd = proxy.host_cmd(proxy.python.to_str().unwrap());
+    hook_cmd
+        .arg(py_script("proxy_hook.py"))
+        .arg(HOOK_PORT.to_string())
+        .arg(proxy.admin_socket())
+        .arg(format!("sbx-host={}", w.socket().display()));
+    let mut hook = ChildGuard::spawn("lifecycle hook", piped(&mut hook_cmd));
+    hook.wait_for_stdout_line("ready", Duration::from_secs(30));
     link(
         &proxy.host,
         &[&format!("{PROXY_LINK}.1/30")],
@@ -249,12 +268,21 @@ fn microvm_guests_boot_answer_through_the_proxy_enforce_egress_and_suspend_to_di
         "a suspended microVM still has processes"
     );
     assert!(!running(pids[0] as u32), "the suspended VMM still runs");
+    // A request for the guest's exposed service wakes it: the proxy's
+    // auto-resume calls the hook, sbx-host restores the snapshot, and the
+    // httpd started before the suspend answers.
+    proxy.patch_ok(id, json!({"status": "suspended", "auto_resume": true}));
     let t = Instant::now();
-    let (s, v) = w
-        .api()
-        .call("POST", &format!("/v1/sandboxes/{id}/resume"), None);
-    assert_eq!(s, 200, "{v}\n{}", w.log_tail(30));
-    eprintln!("resume took {:?}", t.elapsed());
+    let r = proxy.curl(&[&url]);
+    assert_eq!(
+        (r.status, String::from_utf8_lossy(&r.body).trim()),
+        (200, "guest-page"),
+        "auto-resume: {}\n{}",
+        r.stderr,
+        w.log_tail(30)
+    );
+    eprintln!("a request woke the suspended guest in {:?}", t.elapsed());
+    assert_eq!(w.api().get(id).1["state"], "running");
     let (out, _) = guest_sh(
         &w,
         open,

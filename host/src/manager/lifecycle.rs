@@ -2,6 +2,7 @@
 //! own. Each saves the state it is entering before acting, so a crash
 //! half-way is finished or undone at the next start (restore.rs).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -53,10 +54,8 @@ impl Manager {
         let started = Instant::now();
         rec.state = State::Suspending;
         self.save(&rec)?;
-        let key = self.key_hex(id)?;
-        let (image, network, cgroup, dir) = self.launch_parts(&rec)?;
-        let before = rec.clone();
-        let launch = launch(&before, &dir, &cgroup, &network, &image, &key, &self.dns);
+        let parts = self.parts(&rec)?;
+        let launch = parts.launch();
         match self.suspend_guest(rec.runtime, &launch, vmm).await {
             Ok(s) => {
                 rec.state = State::Suspended;
@@ -106,10 +105,8 @@ impl Manager {
         let started = Instant::now();
         rec.state = State::Resuming;
         self.save(&rec)?;
-        let key = self.key_hex(id)?;
-        let (image, network, cgroup, dir) = self.launch_parts(&rec)?;
-        let before = rec.clone();
-        let launch = launch(&before, &dir, &cgroup, &network, &image, &key, &self.dns);
+        let parts = self.parts(&rec)?;
+        let (launch, before, dir) = (parts.launch(), &parts.record, &parts.dir);
         let result = async {
             let s = self
                 .resume_guest(before.runtime, &launch, before.vmm)
@@ -223,19 +220,10 @@ impl Manager {
             .map_err(|e| ApiError::internal(format!("read the key: {e}")))
     }
 
-    #[allow(clippy::type_complexity)]
-    pub(crate) fn launch_parts(
-        &self,
-        rec: &Record,
-    ) -> Result<
-        (
-            image::Image,
-            crate::model::Network,
-            std::path::PathBuf,
-            std::path::PathBuf,
-        ),
-        ApiError,
-    > {
+    /// What a suspend or resume of `rec` runs with: its own copy of the
+    /// record (the caller changes the original as it goes), the image it
+    /// booted, its network, cgroup, directory and key.
+    pub(crate) fn parts(&self, rec: &Record) -> Result<Parts, ApiError> {
         let dir = self.store.dir(&rec.id);
         let image = match image::pinned(&rec.image, &dir) {
             Some(pinned) => pinned,
@@ -250,29 +238,42 @@ impl Manager {
             .cgroups
             .create(&rec.id)
             .map_err(|e| ApiError::internal(e.to_string()))?;
-        Ok((image, network, cgroup, dir))
+        Ok(Parts {
+            key: self.key_hex(&rec.id)?,
+            record: rec.clone(),
+            image,
+            network,
+            cgroup,
+            dir,
+            dns: self.dns.clone(),
+        })
     }
 }
 
-pub(crate) fn launch<'a>(
-    rec: &'a Record,
-    dir: &'a std::path::Path,
-    cgroup: &'a std::path::Path,
-    network: &'a crate::model::Network,
-    image: &'a image::Image,
-    key: &'a str,
-    dns: &'a [std::net::Ipv4Addr],
-) -> Launch<'a> {
-    Launch {
-        id: &rec.id,
-        dir,
-        cgroup,
-        network,
-        cpus: rec.cpus,
-        memory_mb: rec.memory_mb,
-        disk_mb: rec.disk_mb,
-        image,
-        key_hex: key,
-        dns,
+/// Everything a [`Launch`] borrows, owned.
+pub(crate) struct Parts {
+    pub record: Record,
+    pub image: image::Image,
+    pub network: crate::model::Network,
+    pub cgroup: PathBuf,
+    pub dir: PathBuf,
+    pub key: String,
+    pub dns: Vec<std::net::Ipv4Addr>,
+}
+
+impl Parts {
+    pub fn launch(&self) -> Launch<'_> {
+        Launch {
+            id: &self.record.id,
+            dir: &self.dir,
+            cgroup: &self.cgroup,
+            network: &self.network,
+            cpus: self.record.cpus,
+            memory_mb: self.record.memory_mb,
+            disk_mb: self.record.disk_mb,
+            image: &self.image,
+            key_hex: &self.key,
+            dns: &self.dns,
+        }
     }
 }

@@ -113,19 +113,8 @@ impl Manager {
                     }
                     _ if alive => {
                         // Not written yet (or a frozen agent): run it again.
-                        if let Ok((image, network, cgroup, dir)) = self.launch_parts(rec) {
-                            let key = String::new();
-                            let before = rec.clone();
-                            let l = super::lifecycle::launch(
-                                &before,
-                                &dir,
-                                &cgroup,
-                                &network,
-                                &image,
-                                &key,
-                                &[],
-                            );
-                            self.abort_suspend(rec.runtime, &l).await;
+                        if let Ok(parts) = self.parts(rec) {
+                            self.abort_suspend(rec.runtime, &parts.launch()).await;
                         }
                         rec.state = State::Running;
                     }

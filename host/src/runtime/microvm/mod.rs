@@ -134,7 +134,7 @@ impl MicrovmRuntime {
     ) -> Result<T, RuntimeError> {
         let socket = dir.join(QMP_SOCKET);
         tokio::task::spawn_blocking(move || {
-            let mut q = Qmp::connect(&socket, QMP_TIMEOUT)?;
+            let mut q = Qmp::connect_when_ready(&socket, QMP_TIMEOUT, QMP_TIMEOUT)?;
             f(&mut q)
         })
         .await

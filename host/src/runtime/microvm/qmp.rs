@@ -78,6 +78,30 @@ impl Qmp {
         Ok(qmp)
     }
 
+    /// [`Qmp::connect`], retried for up to `patience` while the socket is
+    /// not there yet or not listening yet: a VMM just started binds its
+    /// socket a moment before it listens on it.
+    pub fn connect_when_ready(
+        path: &Path,
+        timeout: Duration,
+        patience: Duration,
+    ) -> Result<Self, QmpError> {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            match Self::connect(path, timeout) {
+                Err(QmpError::Io { source, .. })
+                    if matches!(
+                        source.kind(),
+                        io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound
+                    ) && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Runs `command` and returns its `return` value.
     pub fn execute(&mut self, command: &str, args: Option<Value>) -> Result<Value, QmpError> {
         let line = request(command, args)?;

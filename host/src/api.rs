@@ -46,7 +46,7 @@ async fn health(State(m): State<Arc<Manager>>) -> Json<serde_json::Value> {
     Json(json!({"status": "ok", "sandboxes": m.host_view().sandboxes}))
 }
 
-async fn host(State(m): State<Arc<Manager>>) -> Json<crate::manager::HostView> {
+async fn host(State(m): State<Arc<Manager>>) -> Json<crate::model::HostView> {
     Json(m.host_view())
 }
 

@@ -45,7 +45,7 @@ impl Metrics {
     }
 
     /// The text exposition, with the gauges the caller read.
-    pub fn render(&self, states: &[(&str, usize)], host: &crate::manager::HostView) -> String {
+    pub fn render(&self, states: &[(&str, usize)], host: &crate::model::HostView) -> String {
         let mut out = String::with_capacity(2048);
         let secs = |us: &AtomicU64| us.load(Relaxed) as f64 / 1e6;
         let counter = |out: &mut String, name: &str, help: &str, v: f64| {

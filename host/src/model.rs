@@ -205,3 +205,23 @@ pub fn now() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
+
+/// The host's capacity, resolved from the config and the machine.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Capacity {
+    pub cpus: f64,
+    pub memory_mb: u64,
+    pub max_sandboxes: usize,
+}
+
+/// `GET /v1/host`.
+#[derive(Debug, Serialize)]
+pub struct HostView {
+    pub capacity: Capacity,
+    pub used_cpus: f64,
+    pub used_memory_mb: u64,
+    pub running: usize,
+    pub sandboxes: usize,
+    pub accel: Option<&'static str>,
+    pub default_runtime: RuntimeKind,
+}

@@ -12,13 +12,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use sbx_netctl_client::Netctl;
-use serde::Serialize;
 use tokio::sync::Mutex as AsyncMutex;
 
 use crate::cgroup::Cgroups;
 use crate::config::{Config, RuntimeKind};
 use crate::metrics::Metrics;
-use crate::model::{Record, SandboxView};
+use crate::model::{Capacity, HostView, Record, SandboxView};
 use crate::runtime::microvm::MicrovmRuntime;
 use crate::runtime::process::ProcessRuntime;
 use crate::runtime::{Launch, Runtime, RuntimeError, Started, Suspended};
@@ -79,26 +78,6 @@ impl Registry {
             (c + u.cpus, m + u.memory_mb, n + 1)
         })
     }
-}
-
-/// The host's capacity, resolved from the config and the machine.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct Capacity {
-    pub cpus: f64,
-    pub memory_mb: u64,
-    pub max_sandboxes: usize,
-}
-
-/// `GET /v1/host`.
-#[derive(Debug, Serialize)]
-pub struct HostView {
-    pub capacity: Capacity,
-    pub used_cpus: f64,
-    pub used_memory_mb: u64,
-    pub running: usize,
-    pub sandboxes: usize,
-    pub accel: Option<&'static str>,
-    pub default_runtime: RuntimeKind,
 }
 
 pub struct Manager {

@@ -72,8 +72,6 @@ pub enum RuntimeError {
     #[error("{0}")]
     Vmm(String),
     #[error(transparent)]
-    Qmp(#[from] microvm::qmp::QmpError),
-    #[error(transparent)]
     Cgroup(#[from] crate::cgroup::CgroupError),
 }
 

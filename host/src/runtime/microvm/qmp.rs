@@ -39,6 +39,13 @@ pub enum QmpError {
     Protocol(String),
 }
 
+/// A QMP failure is a failure of the VMM, for the runtime's callers.
+impl From<QmpError> for crate::runtime::RuntimeError {
+    fn from(e: QmpError) -> Self {
+        Self::Vmm(e.to_string())
+    }
+}
+
 pub struct Qmp {
     path: String,
     writer: UnixStream,

@@ -9,14 +9,12 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd as _;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::Value;
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// One health attempt may take this long (as sbx-host's).
@@ -52,119 +50,7 @@ pub fn check_interrupted() -> Result<()> {
     Ok(())
 }
 
-/// A name unique to this run: `<prefix><pid>x<n>`.
-pub fn unique(prefix: &str) -> String {
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{prefix}{}x{n}", std::process::id() % 100_000)
-}
-
-/// Runs a command, failing with its stderr.
-pub fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("spawn {cmd:?}"))?;
-    if !out.status.success() {
-        bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// A network namespace under /run/netns, deleted on drop.
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new(prefix: &str) -> Result<Self> {
-        let name = unique(prefix);
-        run(Command::new("ip").args(["netns", "add", &name]))?;
-        let ns = Self { name };
-        ns.ip(&["link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    pub fn path(&self) -> PathBuf {
-        PathBuf::from(format!("/run/netns/{}", self.name))
-    }
-
-    pub fn ip(&self, args: &[&str]) -> Result<String> {
-        run(Command::new("ip").args(["-n", &self.name]).args(args))
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// Connects two namespaces with a veth pair; returns the names of its ends.
-pub fn link(a: &Netns, a_addr: &str, b: &Netns, b_addr: &str) -> Result<(String, String)> {
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let (a_if, b_if) = (format!("hba{n}"), format!("hbb{n}"));
-    run(Command::new("ip").args([
-        "link", "add", &a_if, "netns", &a.name, "type", "veth", "peer", "name", &b_if, "netns",
-        &b.name,
-    ]))?;
-    for (ns, ifname, addr) in [(a, &a_if, a_addr), (b, &b_if, b_addr)] {
-        ns.ip(&["addr", "add", addr, "dev", ifname])?;
-        ns.ip(&["link", "set", ifname, "up"])?;
-    }
-    Ok((a_if, b_if))
-}
-
-/// Namespaces under /run/netns whose names start with `prefix`.
-pub fn namespaces_with_prefix(prefix: &str) -> Vec<String> {
-    fs::read_dir("/run/netns")
-        .map(|dir| {
-            dir.filter_map(|e| e.ok())
-                .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|n| n.starts_with(prefix))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Deletes every namespace whose name carries the prefix when dropped:
-/// whatever netctl made for this run and did not delete itself.
-pub struct PrefixCleanup(pub String);
-
-impl Drop for PrefixCleanup {
-    fn drop(&mut self) {
-        for name in namespaces_with_prefix(&self.0) {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &name])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-/// Runs `f` on a fresh thread that entered the network namespace at `path`.
-pub fn in_netns<T: Send + 'static>(
-    path: &Path,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T> {
-    let path = path.to_owned();
-    std::thread::spawn(move || -> Result<T> {
-        let file = fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
-        // SAFETY: setns on an fd we own; it changes only this thread.
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!(
-                "setns {}: {}",
-                path.display(),
-                std::io::Error::last_os_error()
-            );
-        }
-        Ok(f())
-    })
-    .join()
-    .map_err(|_| anyhow!("netns thread panicked"))?
-}
+pub use sbx_bench_support::netns::{in_netns, link, namespaces_with_prefix, Netns, PrefixCleanup};
 
 /// Polls `GET /api/v1/health` of the agent at `addr` from inside the
 /// namespace at `netns` (sbx-host's own check, one fresh connection per

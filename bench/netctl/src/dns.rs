@@ -39,7 +39,7 @@ fn query(name: &str, id: u16) -> Result<Vec<u8>> {
 /// `count` queries for `name(i)` from inside `ns`, one at a time; the
 /// latency of each.
 fn ask_many(
-    ns: String,
+    ns: std::path::PathBuf,
     server: SocketAddr,
     count: usize,
     name: impl Fn(usize) -> String + Send + 'static,
@@ -311,7 +311,7 @@ fn set_write_figures(sandbox: &Netns) -> Result<()> {
             "{ type ipv4_addr; flags timeout; }",
         ],
     );
-    let path = std::path::PathBuf::from(sandbox.path());
+    let path = sandbox.path();
     let runtime = tokio::runtime::Builder::new_current_thread().build()?;
     let writer = runtime.block_on(ElementWriter::open(&path))?;
     let mut netlink = Vec::new();

@@ -2,100 +2,14 @@
 //! down on drop (namespaces deleted, the daemon killed by PID).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// Runs a command, failing with its stderr.
-pub fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("spawn {cmd:?}"))?;
-    if !out.status.success() {
-        bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// A network namespace under /run/netns, deleted on drop.
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new(prefix: &str) -> Result<Self> {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{prefix}{}x{n}", std::process::id() % 100_000);
-        run(Command::new("ip").args(["netns", "add", &name]))?;
-        let ns = Self { name };
-        ns.ip(&["link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    pub fn path(&self) -> String {
-        format!("/run/netns/{}", self.name)
-    }
-
-    pub fn ip(&self, args: &[&str]) -> Result<String> {
-        run(Command::new("ip").args(["-n", &self.name]).args(args))
-    }
-
-    pub fn exec(&self, program: &str, args: &[&str]) -> Result<String> {
-        run(Command::new("ip")
-            .args(["netns", "exec", &self.name, program])
-            .args(args))
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// Connects two namespaces with a veth pair.
-pub fn link(a: &Netns, a_addr: &str, b: &Netns, b_addr: &str) -> Result<(String, String)> {
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let (a_if, b_if) = (format!("nba{n}"), format!("nbb{n}"));
-    run(Command::new("ip").args([
-        "link", "add", &a_if, "netns", &a.name, "type", "veth", "peer", "name", &b_if, "netns",
-        &b.name,
-    ]))?;
-    for (ns, ifname, addr) in [(a, &a_if, a_addr), (b, &b_if, b_addr)] {
-        ns.ip(&["addr", "add", addr, "dev", ifname])?;
-        ns.ip(&["link", "set", ifname, "up"])?;
-    }
-    Ok((a_if, b_if))
-}
-
-/// Runs `f` on a fresh thread that entered the namespace.
-pub fn in_netns<T: Send + 'static>(
-    path: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T> {
-    let path = path.to_owned();
-    std::thread::spawn(move || -> Result<T> {
-        let file = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
-        // SAFETY: setns on an fd we own; it changes only this thread.
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!("setns {path}: {}", std::io::Error::last_os_error());
-        }
-        Ok(f())
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("netns thread panicked"))?
-}
+pub use sbx_bench_support::netns::{in_netns, link, run, Netns};
 
 /// The netctl daemon, killed by PID on drop.
 pub struct Daemon {
@@ -137,7 +51,8 @@ impl Daemon {
             // nsenter execs netctl in place: the PID we kill is netctl's.
             Some(ns) => {
                 let mut cmd = Command::new("nsenter");
-                cmd.arg(format!("--net={}", ns.path())).arg(netctl);
+                cmd.arg(format!("--net={}", ns.path().display()))
+                    .arg(netctl);
                 cmd
             }
             None => Command::new(netctl),

@@ -11,13 +11,14 @@
 //! so nothing is forwarded or masqueraded toward the machine's real uplink.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 
 use crate::rig::{self, link, Daemon, Netns};
 use crate::{ms, percentile, small_policy};
+use sbx_bench_support::netns::{namespaces_with_prefix, PrefixCleanup};
 
 /// Sandboxes timed at each end of the run for the growth figure.
 const WINDOW: usize = 20;
@@ -241,32 +242,6 @@ fn comparable_table() -> String {
         deny4.join(", "),
         deny6.join(", ")
     )
-}
-
-/// Names under /run/netns starting with `prefix`.
-fn namespaces_with_prefix(prefix: &str) -> Vec<String> {
-    std::fs::read_dir("/run/netns")
-        .map(|dir| {
-            dir.filter_map(|e| e.ok())
-                .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|n| n.starts_with(prefix))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Deletes every namespace carrying the prefix when dropped (also on error).
-struct PrefixCleanup(String);
-
-impl Drop for PrefixCleanup {
-    fn drop(&mut self) {
-        for name in namespaces_with_prefix(&self.0) {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &name])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
 }
 
 struct RemoveFile(std::path::PathBuf);

@@ -13,6 +13,7 @@ pub mod hop;
 pub mod limits;
 pub mod listen;
 pub mod machine;
+pub mod netns;
 pub mod report;
 pub mod scratch;
 pub mod stats;

@@ -201,12 +201,7 @@ impl HostWorld {
             .call("GET", &format!("/v1/sandboxes/{id}"), None);
         assert_eq!(r.status, 404, "netctl still has {id}: {}", r.body);
         if let Some(pid) = vmm_pid {
-            assert!(
-                !Path::new(&format!("/proc/{pid}")).exists()
-                    || fs::read_to_string(format!("/proc/{pid}/stat"))
-                        .is_ok_and(|s| s.contains(") Z ")),
-                "VMM {pid} still runs"
-            );
+            assert!(!running(pid), "VMM {pid} still runs");
         }
         let links = self.net.host.ip(&["-j", "link"]);
         let text = String::from_utf8_lossy(&links.stdout).to_string();

@@ -128,11 +128,14 @@ impl Manager {
                 rec.vmm = Some(s.vmm);
                 rec.accel = s.accel.or(rec.accel.take());
                 rec.suspended_at = None;
+                rec.snapshot_bytes = None;
                 rec.error = None;
+                // Saved running before the snapshot goes: a crash between
+                // the two leaves a stale file (removed with the sandbox,
+                // replaced by the next suspend), never a record that points
+                // at a snapshot that is gone.
                 self.save(&rec)?;
                 let _ = std::fs::remove_file(dir.join(SNAPSHOT));
-                rec.snapshot_bytes = None;
-                self.save(&rec)?;
                 self.metrics.resumed(started.elapsed());
                 info!(
                     id,
@@ -214,7 +217,7 @@ impl Manager {
         self.metrics.guest_stopped();
     }
 
-    fn key_hex(&self, id: &str) -> Result<String, ApiError> {
+    pub(crate) fn key_hex(&self, id: &str) -> Result<String, ApiError> {
         std::fs::read_to_string(self.store.dir(id).join(KEY_FILE))
             .map(|s| s.trim().to_owned())
             .map_err(|e| ApiError::internal(format!("read the key: {e}")))

@@ -197,10 +197,7 @@ impl Manager {
     pub async fn key(&self, id: &str) -> Result<String, ApiError> {
         let e = self.entry(id)?;
         let _r = e.record.lock().await;
-        let path = self.store.dir(id).join(crate::runtime::KEY_FILE);
-        std::fs::read_to_string(&path)
-            .map(|s| s.trim().to_owned())
-            .map_err(|e| ApiError::internal(format!("read the key: {e}")))
+        self.key_hex(id)
     }
 
     pub fn host_view(&self) -> HostView {

@@ -336,6 +336,8 @@ EOF
 spawn "$WORK/sbx-host.out" "$WORK/sbx-host.log" in_host "$BIN/sbx-host" serve --config "$WORK/sbx-host.toml"
 for _ in $(seq 300); do grep -q listening "$WORK/sbx-host.out" 2>/dev/null && break; sleep 0.1; done
 grep -q listening "$WORK/sbx-host.out" || fail "sbx-host did not start: $(tail -3 "$WORK/sbx-host.log")"
+# It decides KVM or TCG beside serving (a probe guest, up to 3 s).
+for _ in $(seq 100); do grep -q 'accelerator:' "$WORK/sbx-host.log" 2>/dev/null && break; sleep 0.1; done
 ok "sbx-host serving on its socket; $(grep -o 'accelerator: .*' "$WORK/sbx-host.log" | head -1 | cut -c1-120)"
 sbx_host() { "$BIN/sbx-host" --socket "$HOST_SOCK" sandbox "$@"; }
 echo '{"allow_internet_access": true, "deny_out": ["denied.demo"]}' > "$WORK/vm-policy.json"

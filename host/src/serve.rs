@@ -22,10 +22,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let manager = Manager::new(config.clone()).context("start")?;
     manager.restore().await;
     if config.default_runtime == RuntimeKind::Microvm {
-        // Decide KVM or TCG now, so the first create does not pay for it.
+        // Decide KVM or TCG now, so the first create does not pay for it,
+        // but beside serving rather than before it: the probe can take its
+        // whole timeout where KVM cannot run a guest, and a create that
+        // comes meanwhile waits for the same answer.
         match crate::image::find(&config.images_dir, &config.default_image) {
             Ok(image) => {
-                manager.microvm.accel(&image.kernel).await;
+                let m = manager.clone();
+                tokio::spawn(async move { m.microvm.accel(&image.kernel).await });
             }
             Err(e) => {
                 warn!(error = %e, "no default image yet: creates will fail until one is built")

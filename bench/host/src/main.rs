@@ -281,15 +281,10 @@ fn run(cli: &Cli) -> Result<bool> {
     let netctl_prefix = world.netctl_prefix.clone();
     let cgroup_root = world.cgroups.path.clone();
     let state_fs = rig::filesystem_of(&world.state_dir);
-    let accel_line = world.accel_log_line();
 
     let suite = Suite::new(&world, &bins, image, &scratch, settings.clone())?;
     for n in early_notes {
         suite.note(n);
-    }
-    match &accel_line {
-        Some(l) => suite.note(format!("sbx-host at start (accel = \"auto\"): {l}")),
-        None => suite.note("sbx-host logged no accelerator decision".into()),
     }
     let mut rows: Vec<Row> = Vec::new();
     let result = (|| -> Result<()> {
@@ -307,6 +302,18 @@ fn run(cli: &Cli) -> Result<bool> {
         }
         Ok(())
     })();
+    // sbx-host decides its accelerator beside serving, so its log line is
+    // read once the figures are in (waiting for it when they came first).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut accel_line = world.accel_log_line();
+    while accel_line.is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        accel_line = world.accel_log_line();
+    }
+    match accel_line {
+        Some(l) => suite.note(format!("sbx-host at start (accel = \"auto\"): {l}")),
+        None => suite.note("sbx-host logged no accelerator decision".into()),
+    }
     let notes = suite.notes.take();
     let verdicts = suite.verdicts.take();
     drop(suite);
@@ -377,7 +384,7 @@ fn run(cli: &Cli) -> Result<bool> {
     }
     println!(
         "Sandboxes: cpus {}, memory_mb {}; runs: {}; {} warm-up run(s) of each create lane not counted; \
-         sbx-host and floor runs interleaved; world up in {:.1} s (includes sbx-host's accelerator probe); \
+         sbx-host and floor runs interleaved; world up in {:.1} s (sbx-host probes its accelerator beside serving); \
          took {:.0} s",
         settings.cpus,
         settings.memory_mb,
